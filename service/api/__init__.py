@@ -1,0 +1,123 @@
+"""The HTTP layer: authentication, body parsing and the problem+json error path."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from typing import Any, Callable, TypeVar
+
+from flask import Flask, Response, current_app, g, request
+from werkzeug.exceptions import HTTPException
+
+from service.errors import ApiError, Forbidden, Unauthorized
+from service.tokens import Principal, authenticate
+
+log = logging.getLogger("smtpconf.api")
+F = TypeVar("F", bound=Callable[..., Any])
+
+PROBLEM_CODES = {
+    400: ("bad_request", "Bad request"),
+    404: ("not_found", "Not found"),
+    405: ("method_not_allowed", "Method not allowed"),
+    406: ("not_acceptable", "Not acceptable"),
+    413: ("payload_too_large", "Request body too large (64 KiB at most)"),
+    415: ("unsupported_media_type", "Unsupported media type"),
+    429: ("rate_limited", "Too many requests"),
+}
+
+
+def problem(error: ApiError) -> Response:
+    response = Response(json.dumps(error.to_problem()), status=error.status, mimetype="application/problem+json")
+    for name, value in error.headers.items():
+        response.headers[name] = value
+    return response
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    response = Response(json.dumps(body), status=status, mimetype="application/json")
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def principal() -> Principal:
+    return g.principal
+
+
+def requires(*roles: str) -> Callable[[F], F]:
+    """The view needs a bearer token carrying one of ``roles`` (none given: any role)."""
+
+    def decorate(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            header = request.headers.get("Authorization", "")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthorized("Send Authorization: Bearer <token>.", headers={"WWW-Authenticate": "Bearer"})
+            who = authenticate(current_app.extensions["smtpconf"].db, token.strip())
+            if who is None:
+                raise Unauthorized("The token is not valid.", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            if roles and not who.roles.intersection(roles):
+                raise Forbidden(f"This needs one of the roles: {', '.join(roles)}.")
+            g.principal = who
+            return view(*args, **kwargs)
+
+        wrapper.required_roles = roles  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def json_body(optional: bool = False) -> Any:
+    """The parsed JSON body; 400 ``invalid_json`` when it does not parse."""
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        if optional:
+            return None
+        raise ApiError("The request needs a JSON body.", status=400, code="invalid_json", title="Invalid JSON")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        detail = f"The body is not valid JSON: {exc.msg if isinstance(exc, json.JSONDecodeError) else 'not UTF-8'}."
+        raise ApiError(detail, status=400, code="invalid_json", title="Invalid JSON") from None
+
+
+def query_flag(name: str) -> bool:
+    value = request.args.get(name)
+    if value is None:
+        return False
+    if value.lower() in ("true", "1"):
+        return True
+    if value.lower() in ("false", "0"):
+        return False
+    raise ApiError(
+        f"Query parameter {name} must be true or false.",
+        status=422,
+        code="validation_failed",
+        errors={name: ["Must be true or false."]},
+    )
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(error: ApiError) -> Response:
+        return problem(error)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        code, title = PROBLEM_CODES.get(status, ("http_error", error.name))
+        detail = title if status != 405 else f"{request.method} is not allowed here."
+        response = problem(ApiError(detail, status=status, code=code, title=title))
+        if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
+            response.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
+        return response
+
+    @app.errorhandler(Exception)
+    def _unhandled(error: Exception) -> Response:
+        # Only the class name: an exception message may carry a value.
+        log.error("unhandled error", extra={"error": type(error).__name__})
+        return problem(
+            ApiError("The service failed to handle the request.", status=500, code="internal_error", title="Internal error")
+        )

@@ -1,0 +1,108 @@
+"""SMTP settings endpoints: system level, tenant overrides and effective settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request
+
+from service.api import json_body, json_response, principal, query_flag, requires
+from service.errors import Forbidden, NotFound
+from service.schemas import NOTIFICATION_TYPES
+from service.settings import SYSTEM_SCOPE, tenant_scope
+
+bp = Blueprint("smtp", __name__)
+
+
+def _services() -> Any:
+    return current_app.extensions["smtpconf"]
+
+
+def _level_response(scope: str) -> Response:
+    services = _services()
+    stored = services.settings.get(scope)
+    if stored is None:
+        code = "settings_not_configured" if scope == SYSTEM_SCOPE else "settings_not_found"
+        raise NotFound("No settings are stored at this level.", code=code)
+    system = services.settings.get(SYSTEM_SCOPE) if scope != SYSTEM_SCOPE else None
+    body = services.settings.view(stored, inherited_from=system)
+    return json_response(body, headers={"ETag": stored.etag})
+
+
+def _put(scope: str) -> Response:
+    services = _services()
+    stored = services.settings.put(
+        scope, json_body(), actor=principal().name, if_match=request.headers.get("If-Match")
+    )
+    system = services.settings.get(SYSTEM_SCOPE) if scope != SYSTEM_SCOPE else None
+    return json_response(services.settings.view(stored, inherited_from=system), headers={"ETag": stored.etag})
+
+
+@bp.get("/v1/smtp")
+@requires("admin", "reader")
+def get_system() -> Response:
+    return _level_response(SYSTEM_SCOPE)
+
+
+@bp.put("/v1/smtp")
+@requires("admin")
+def put_system() -> Response:
+    return _put(SYSTEM_SCOPE)
+
+
+@bp.get("/v1/tenants/<tenant>/smtp")
+@requires("admin", "reader")
+def get_tenant(tenant: str) -> Response:
+    return _level_response(tenant_scope(tenant))
+
+
+@bp.put("/v1/tenants/<tenant>/smtp")
+@requires("admin")
+def put_tenant(tenant: str) -> Response:
+    return _put(tenant_scope(tenant))
+
+
+@bp.delete("/v1/tenants/<tenant>/smtp")
+@requires("admin")
+def delete_tenant(tenant: str) -> Response:
+    _services().settings.delete(tenant_scope(tenant), actor=principal().name, if_match=request.headers.get("If-Match"))
+    return Response(status=204)
+
+
+def _effective(tenant: str | None) -> Response:
+    services = _services()
+    include_password = query_flag("include_password")
+    if include_password and "secret-reader" not in principal().roles:
+        raise Forbidden("include_password=true needs the secret-reader role.")
+    if tenant is not None:
+        tenant_scope(tenant)
+    effective = services.settings.effective(tenant)
+    extra: dict[str, Any] = {}
+    if include_password:
+        extra = services.secrets.password_fields(effective, principal().name)
+    body, etag = services.settings.effective_view(effective, extra)
+    headers = {"ETag": etag, "Cache-Control": "no-store" if include_password else "no-cache"}
+    if request.if_none_match and request.if_none_match.contains_weak(etag.strip('"')):
+        response = Response(status=304)
+        for name, value in headers.items():
+            response.headers[name] = value
+        return response
+    return json_response(body, headers=headers)
+
+
+@bp.get("/v1/smtp/effective")
+@requires("reader", "secret-reader")
+def effective_system() -> Response:
+    return _effective(None)
+
+
+@bp.get("/v1/tenants/<tenant>/smtp/effective")
+@requires("reader", "secret-reader")
+def effective_tenant(tenant: str) -> Response:
+    return _effective(tenant)
+
+
+@bp.get("/v1/notification-types")
+@requires()
+def notification_types() -> Response:
+    return json_response({"items": [{"name": name} for name in NOTIFICATION_TYPES]})

@@ -1,0 +1,111 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any, Mapping
+
+from flask import Flask, Response, g, request
+
+from providers.registry import ProviderRegistry
+from service.api import register_error_handlers
+from service.config import Config
+from service.crypto import KeyRing
+from service.db import Database
+from service.observability import (
+    HTTP_LATENCY,
+    HTTP_REQUESTS,
+    accept_request_id,
+    configure_logging,
+    set_request_id,
+)
+from service.secrets import SecretsService
+from service.settings import SettingsService
+
+MAX_BODY_BYTES = 64 * 1024
+log = logging.getLogger("smtpconf.http")
+
+
+@dataclasses.dataclass
+class Services:
+    """What the views use, built once per process."""
+
+    config: Config
+    db: Database
+    keyring: KeyRing
+    registry: ProviderRegistry
+    settings: SettingsService
+    secrets: SecretsService
+
+    def close(self) -> None:
+        self.db.dispose()
+
+    def readiness(self) -> dict[str, Any]:
+        try:
+            self.db.ping()
+            database = "ok"
+        except Exception as exc:
+            log.error("database not reachable", extra={"error": type(exc).__name__})
+            database = "down"
+        return {"status": "ok" if database == "ok" else "down", "database": database}
+
+
+def build_services(config: Config) -> Services:
+    db = Database(config.database_url)
+    keyring = KeyRing.from_config(config)
+    registry = ProviderRegistry.from_entry_points()
+    secrets = SecretsService(db, keyring, registry)
+    settings = SettingsService(db, keyring, fips_mode=config.fips_mode, check_reference=secrets.check_reference)
+    return Services(config, db, keyring, registry, settings, secrets)
+
+
+def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
+    """Build the service from ``SMTPCONF_*`` variables, then ``overrides`` (tests)."""
+    config = Config.load(overrides)
+    configure_logging(config.log_level)
+    app = Flask(__name__)
+    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, TESTING=config.testing)
+    app.extensions["smtpconf"] = build_services(config)
+    register_error_handlers(app)
+    _register_request_hooks(app)
+
+    from service.api import ops, smtp
+
+    app.register_blueprint(ops.bp)
+    app.register_blueprint(smtp.bp)
+    return app
+
+
+def _register_request_hooks(app: Flask) -> None:
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+        g.request_id = accept_request_id(request.headers.get("X-Request-ID"))
+        g.request_id_token = set_request_id(g.request_id)
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        HTTP_REQUESTS.labels(request.method, endpoint, str(response.status_code)).inc()
+        HTTP_LATENCY.labels(endpoint).observe(elapsed)
+        log.info(
+            "request",
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "duration_ms": round(elapsed * 1000, 2),
+                "principal": getattr(g.get("principal"), "name", None),
+            },
+        )
+        return response
+
+    @app.teardown_request
+    def _clear(_exc: BaseException | None) -> None:
+        token = g.pop("request_id_token", None)
+        if token is not None:
+            set_request_id(None)

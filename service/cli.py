@@ -1,0 +1,177 @@
+"""The ``smtpconf`` command: serve, db upgrade, token create, rotate-master-key, dev."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from service.config import Config, ConfigError
+
+DEV_KEY_FILE = Path("var") / "dev-master.key"
+
+
+def _services() -> Any:
+    from service.app import build_services
+
+    return build_services(Config.load())
+
+
+def cmd_db_upgrade(_args: argparse.Namespace) -> int:
+    from service.db import Database
+
+    Database(Config.load().database_url).upgrade()
+    print("database schema is up to date")
+    return 0
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from service.db import Database
+    from service.tokens import TokenError, create_token
+
+    db = Database(Config.load().database_url)
+    db.upgrade()
+    try:
+        token = create_token(db, args.name, args.role)
+    except TokenError as exc:
+        print(f"smtpconf: {exc}", file=sys.stderr)
+        return 2
+    print(f"token {args.name!r} with role(s) {', '.join(sorted(set(args.role)))}; it is shown once:")
+    print(token)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from service.crypto import KeyRing
+    from service.db import Database
+
+    config = Config.load()
+    KeyRing.from_config(config)  # refuse to start without a usable master key
+    Database(config.database_url).upgrade()
+    run_gunicorn(args.bind, args.workers)
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    """Run on the embedded default with a generated development key and printed tokens."""
+    from service.crypto import generate_key_text
+    from service.db import Database
+    from service.tokens import create_token
+
+    if not os.environ.get("SMTPCONF_MASTER_KEY") and not os.environ.get("SMTPCONF_MASTER_KEY_FILE"):
+        key_file = DEV_KEY_FILE.resolve()
+        if not key_file.exists():
+            key_file.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(generate_key_text() + "\n")
+            banner = "GENERATED a development master key"
+        else:
+            banner = "USING the development master key"
+        os.environ["SMTPCONF_MASTER_KEY_FILE"] = str(key_file)
+        line = "!" * 78
+        print(
+            f"{line}\n!! {banner} at {key_file} (mode 0600).\n"
+            "!! For development only: production sets SMTPCONF_MASTER_KEY or SMTPCONF_MASTER_KEY_FILE.\n"
+            f"!! Losing this file loses every stored password.\n{line}",
+            file=sys.stderr,
+        )
+    config = Config.load()
+    db = Database(config.database_url)
+    db.upgrade()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    print(f"database: {config.database_url}")
+    for name, roles in (("admin", ["admin"]), ("security", ["security"]), ("sender", ["secret-reader", "reader"])):
+        token = create_token(db, f"dev-{name}-{stamp}", roles)
+        print(f"{name + ' token':<16} ({', '.join(roles)}): {token}")
+    print(f"serving on http://{args.bind}  (Ctrl-C stops)", flush=True)
+    run_gunicorn(args.bind, args.workers)
+    return 0
+
+
+def cmd_rotate_master_key(_args: argparse.Namespace) -> int:
+    from service.rotation import rotate_master_key
+
+    services = _services()
+    counts = rotate_master_key(services.db, services.keyring)
+    print(
+        f"re-encrypted {counts['secrets']} secret version(s) and {counts['passwords']} plaintext password(s) "
+        f"under key {services.keyring.primary_id}; keys no longer in use can now be removed"
+    )
+    return 0
+
+
+def run_gunicorn(bind: str, workers: int) -> None:
+    """Serve ``service.wsgi:app`` under gunicorn, metrics aggregated across workers."""
+    from gunicorn.app.base import BaseApplication
+
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="smtpconf-metrics-")
+
+    def child_exit(_server: Any, worker: Any) -> None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+    class Server(BaseApplication):
+        def load_config(self) -> None:
+            self.cfg.set("bind", [bind])
+            self.cfg.set("workers", workers)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("threads", 8)
+            self.cfg.set("timeout", 150)
+            self.cfg.set("graceful_timeout", 10)
+            self.cfg.set("child_exit", child_exit)
+            self.cfg.set("accesslog", None)
+
+        def load(self) -> Any:
+            from service.wsgi import app
+
+            return app
+
+    Server().run()
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="smtpconf", description="SMTP settings service")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    for name, handler, text in (
+        ("serve", cmd_serve, "run the service under gunicorn"),
+        ("dev", cmd_dev, "run on SQLite with a generated development key and printed tokens"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--bind", default="127.0.0.1:8080", help="HOST:PORT (default 127.0.0.1:8080)")
+        p.add_argument("--workers", type=int, default=2 if name == "serve" else 1, help="gunicorn worker processes")
+        p.set_defaults(handler=handler)
+
+    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
+    db.add_parser("upgrade", help="create or migrate the schema").set_defaults(handler=cmd_db_upgrade)
+
+    token = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)
+    create = token.add_parser("create", help="create a token and print it (last line)")
+    create.add_argument("--name", required=True)
+    create.add_argument("--role", action="append", required=True, help="admin, reader, secret-reader or security")
+    create.set_defaults(handler=cmd_token_create)
+
+    sub.add_parser("rotate-master-key", help="re-encrypt stored secrets under the first master key").set_defaults(
+        handler=cmd_rotate_master_key
+    )
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as exc:
+        print(f"smtpconf: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Marshmallow schemas for the settings document: one source of validation rules."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+NOTIFICATION_TYPES = (
+    "password_recovery",
+    "license_status",
+    "product_updates",
+    "job_alerts",
+    "robot_alerts",
+    "tenant_invitation",
+    "admin_email_change",
+)
+
+SETTINGS_FIELDS = (
+    "host",
+    "port",
+    "security",
+    "insecure_skip_verify",
+    "ca_certificate_pem",
+    "from_email",
+    "from_name",
+    "reply_to",
+    "envelope_from",
+    "username",
+    "domain",
+    "password",
+    "cc",
+    "bcc",
+    "preferred_notifications",
+    "timeout_seconds",
+)
+SYSTEM_DEFAULTS: dict[str, Any] = {
+    "security": "starttls",
+    "insecure_skip_verify": False,
+    "ca_certificate_pem": None,
+    "from_name": None,
+    "reply_to": None,
+    "envelope_from": None,
+    "username": None,
+    "domain": None,
+    "password": None,
+    "cc": [],
+    "bcc": [],
+    "preferred_notifications": [],
+    "timeout_seconds": 10,
+}
+SECURITY_MODES = ("none", "starttls", "ssl")
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _no_line_breaks(value: str) -> None:
+    if "\r" in value or "\n" in value:
+        raise ValidationError("Must not contain CR or LF.")
+
+
+def check_address(value: str) -> str:
+    """RFC 5321/5322 syntax, internationalised domains accepted, no CR/LF anywhere."""
+    _no_line_breaks(value)
+    if _CONTROL.search(value):
+        raise ValidationError("Must not contain control characters.")
+    try:
+        validate_email(value, check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError as exc:
+        raise ValidationError(f"Not a valid email address: {exc}") from None
+    return value
+
+
+def check_host(value: str) -> str:
+    """A host name (IDN allowed) or an IP literal (``[::1]`` or bare)."""
+    _no_line_breaks(value)
+    literal = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    try:
+        ipaddress.ip_address(literal)
+        return value
+    except ValueError:
+        if literal is not value:
+            raise ValidationError("Not a valid IP literal.") from None
+    name = value[:-1] if value.endswith(".") else value
+    try:
+        ascii_name = name.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ValidationError("Not a valid host name.") from None
+    labels = ascii_name.split(".")
+    if not name or len(ascii_name) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        raise ValidationError("Not a valid host name or IP address.")
+    if labels[-1].isdigit():
+        raise ValidationError("Not a valid host name or IP address.")
+    return value
+
+
+def check_certificates(value: str) -> str:
+    from cryptography import x509
+
+    try:
+        certs = x509.load_pem_x509_certificates(value.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        certs = []
+    if not certs:
+        raise ValidationError("Must hold one or more PEM certificates.")
+    return value
+
+
+class StrictInteger(fields.Integer):
+    """An integer that refuses strings and booleans."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, bool):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class StrictBoolean(fields.Boolean):
+    """A JSON boolean only: no "yes", no 1."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+class Address(fields.String):
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        return check_address(super()._deserialize(value, attr, data, **kwargs))
+
+
+class PasswordReference(fields.Dict):
+    """A password reference; its shape is checked by the provider type its ``source`` names."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(keys=fields.String(), **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict:
+        result = super()._deserialize(value, attr, data, **kwargs)
+        if not isinstance(result.get("source"), str) or not result["source"]:
+            raise ValidationError({"source": ["Missing data for required field."]})
+        return result
+
+
+def _text(max_length: int, **kwargs: Any) -> fields.String:
+    return fields.String(
+        validate=[validate.Length(min=1, max=max_length), _no_line_breaks_validator], **kwargs
+    )
+
+
+def _no_line_breaks_validator(value: str) -> None:
+    _no_line_breaks(value)
+
+
+class SettingsSchema(Schema):
+    """The system-level document: ``host``, ``port`` and ``from_email`` required."""
+
+    class Meta:
+        unknown = RAISE
+
+    host = fields.String(required=True, validate=[validate.Length(min=1, max=255), check_host])
+    port = StrictInteger(required=True, validate=validate.Range(min=1, max=65535))
+    security = fields.String(validate=validate.OneOf(SECURITY_MODES))
+    insecure_skip_verify = StrictBoolean()
+    ca_certificate_pem = fields.String(allow_none=True, validate=[validate.Length(max=65536), check_certificates])
+    from_email = Address(required=True, validate=validate.Length(max=320))
+    from_name = _text(256, allow_none=True)
+    reply_to = Address(allow_none=True, validate=validate.Length(max=320))
+    envelope_from = Address(allow_none=True, validate=validate.Length(max=320))
+    username = _text(256, allow_none=True)
+    domain = _text(255, allow_none=True)
+    password = PasswordReference(allow_none=True)
+    cc = fields.List(Address(validate=validate.Length(max=320)), validate=validate.Length(max=100))
+    bcc = fields.List(Address(validate=validate.Length(max=320)), validate=validate.Length(max=100))
+    preferred_notifications = fields.List(
+        fields.String(validate=validate.OneOf(NOTIFICATION_TYPES)), validate=validate.Length(max=len(NOTIFICATION_TYPES))
+    )
+    timeout_seconds = StrictInteger(validate=validate.Range(min=1, max=120))
+
+
+class TenantSettingsSchema(SettingsSchema):
+    """A tenant override: every field optional; ``null`` overrides to null."""
+
+    class Meta:
+        unknown = RAISE
+
+    host = fields.String(validate=[validate.Length(min=1, max=255), check_host])
+    port = StrictInteger(validate=validate.Range(min=1, max=65535))
+    security = fields.String(validate=validate.OneOf(SECURITY_MODES))
+    from_email = Address(validate=validate.Length(max=320))
+    cc = fields.List(Address(validate=validate.Length(max=320)), allow_none=True, validate=validate.Length(max=100))
+    bcc = fields.List(Address(validate=validate.Length(max=320)), allow_none=True, validate=validate.Length(max=100))
+
+
+def load_settings(document: Any, *, tenant: bool) -> dict[str, Any]:
+    """Validate a PUT body; raise ``ValidationError`` with per-field messages."""
+    if not isinstance(document, dict):
+        raise ValidationError({"_schema": ["The settings document must be a JSON object."]})
+    schema = TenantSettingsSchema() if tenant else SettingsSchema()
+    loaded = schema.load(document)
+    if not tenant:
+        loaded = {**SYSTEM_DEFAULTS, **loaded}
+    for name in ("cc", "bcc", "preferred_notifications"):
+        if loaded.get(name) is not None:
+            loaded[name] = list(dict.fromkeys(loaded[name]))
+    return loaded
+
+
+def credential_errors(effective: dict[str, Any]) -> dict[str, list[str]]:
+    """``username`` and ``password`` come together or not at all."""
+    username, password = effective.get("username"), effective.get("password")
+    if (username is None) == (password is None):
+        return {}
+    missing = "password" if username is not None else "username"
+    return {missing: ["username and password are given together or not at all."]}

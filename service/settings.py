@@ -1,0 +1,344 @@
+"""SMTP settings: the system level, tenant overrides, and the effective merge."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import re
+from typing import Any, Callable
+
+import sqlalchemy as sa
+from marshmallow import ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service import audit
+from service.crypto import KeyRing
+from service.db import Database, ServiceState, SmtpSettings, utcnow
+from service.errors import ApiError, NotFound, PreconditionFailed, ValidationFailed
+from service.schemas import SETTINGS_FIELDS, SYSTEM_DEFAULTS, credential_errors, load_settings
+
+SYSTEM_SCOPE = "system"
+TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+REQUIRED_FIELDS = ("host", "port", "from_email")
+DESTINATION_FIELDS = ("host", "port", "security", "username")
+READ_BACK_PLAINTEXT = {"source": "plaintext", "value_set": True}
+
+
+def tenant_scope(tenant: str) -> str:
+    if not TENANT_ID.match(tenant):
+        raise NotFound("No such tenant: tenant ids are letters, digits, '.', '_' and '-'.", code="tenant_not_found")
+    return f"tenant:{tenant}"
+
+
+def plaintext_context(scope: str) -> str:
+    """Associated data binding a stored password to its settings row."""
+    return f"smtp_settings:{scope}:password"
+
+
+def redact_password(password: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The form a password reference is shown in: never a value."""
+    if password is None:
+        return None
+    if password.get("source") == "plaintext":
+        return dict(READ_BACK_PLAINTEXT)
+    return dict(password)
+
+
+def redact(document: dict[str, Any] | None) -> dict[str, Any] | None:
+    if document is None:
+        return None
+    out = dict(document)
+    if "password" in out:
+        out["password"] = redact_password(out["password"])
+    return out
+
+
+def warnings_for(effective: dict[str, Any]) -> list[str]:
+    """Warning codes about the merged settings."""
+    warnings = []
+    if effective.get("username") is None and effective.get("password") is None:
+        warnings.append("anonymous_smtp")
+    elif effective.get("security") == "none":
+        warnings.append("credentials_over_plaintext")
+    return warnings
+
+
+def _timestamp(value: dt.datetime) -> str:
+    return value.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _etag(*parts: Any) -> str:
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    return f'"{digest[:32]}"'
+
+
+def etag_matches(header: str, etag: str) -> bool:
+    """RFC 9110 list matching; ``*`` matches any current representation."""
+    candidates = [c.strip() for c in header.split(",")]
+    return "*" in candidates or any(c.removeprefix("W/") == etag for c in candidates)
+
+
+@dataclasses.dataclass
+class StoredSettings:
+    """One row as read from the database."""
+
+    scope: str
+    document: dict[str, Any]
+    version: int
+    updated_at: dt.datetime
+    updated_by: str
+
+    @property
+    def etag(self) -> str:
+        return _etag(self.scope, self.version, self.updated_at.isoformat())
+
+    @classmethod
+    def of(cls, row: SmtpSettings) -> "StoredSettings":
+        return cls(row.scope, copy.deepcopy(row.document), row.version, row.updated_at, row.updated_by)
+
+
+@dataclasses.dataclass
+class Effective:
+    """The merged settings a sender uses, with where each field came from."""
+
+    document: dict[str, Any]
+    inherited: list[str]
+    system: StoredSettings | None
+    tenant: StoredSettings | None
+    scope: str
+
+    @property
+    def base_tag(self) -> list[Any]:
+        return [s and [s.scope, s.version, s.updated_at.isoformat()] for s in (self.system, self.tenant)]
+
+
+class SettingsService:
+    """Reads and writes settings documents; every write is audited in its transaction."""
+
+    def __init__(
+        self,
+        db: Database,
+        keyring: KeyRing,
+        *,
+        fips_mode: bool,
+        check_reference: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> None:
+        self.db = db
+        self.keyring = keyring
+        self.fips_mode = fips_mode
+        #: Validates a password reference against its provider type and connection
+        #: allow-list; raises ``ApiError``. Supplied by the secrets layer.
+        self.check_reference = check_reference
+
+    # reads
+
+    def get(self, scope: str) -> StoredSettings | None:
+        with self.db.read() as session:
+            row = session.get(SmtpSettings, scope)
+            return StoredSettings.of(row) if row else None
+
+    def effective(self, tenant: str | None) -> Effective:
+        with self.db.read() as session:
+            system_row = session.get(SmtpSettings, SYSTEM_SCOPE)
+            system = StoredSettings.of(system_row) if system_row else None
+            tenant_stored = None
+            if tenant is not None:
+                row = session.get(SmtpSettings, tenant_scope(tenant))
+                tenant_stored = StoredSettings.of(row) if row else None
+        return self.merge(system, tenant_stored, tenant)
+
+    @staticmethod
+    def merge(system: StoredSettings | None, tenant: StoredSettings | None, tenant_id: str | None) -> Effective:
+        base = {**SYSTEM_DEFAULTS, **(system.document if system else {})}
+        override = tenant.document if tenant else {}
+        document = {name: copy.deepcopy(override[name] if name in override else base.get(name)) for name in SETTINGS_FIELDS}
+        inherited = [name for name in SETTINGS_FIELDS if name not in override] if tenant_id is not None else []
+        missing = [name for name in REQUIRED_FIELDS if document.get(name) is None]
+        if missing:
+            where = "the system level" if tenant_id is None else f"tenant {tenant_id} or the system level"
+            raise NotFound(
+                f"SMTP settings are not configured at {where} (missing {', '.join(missing)}).",
+                code="settings_not_configured",
+            )
+        for name in ("cc", "bcc", "preferred_notifications"):
+            if document[name] is None:
+                document[name] = []
+        scope = SYSTEM_SCOPE if tenant_id is None else f"tenant:{tenant_id}"
+        return Effective(document, inherited, system, tenant, scope)
+
+    def view(self, stored: StoredSettings, *, inherited_from: StoredSettings | None | bool = False) -> dict[str, Any]:
+        """The GET representation of one level's document."""
+        body = redact(stored.document) or {}
+        if stored.scope == SYSTEM_SCOPE:
+            body = {**SYSTEM_DEFAULTS, **body}
+            body["password"] = redact_password(stored.document.get("password"))
+            body["warnings"] = warnings_for(body)
+        else:
+            system = inherited_from if isinstance(inherited_from, StoredSettings) else None
+            merged = {**SYSTEM_DEFAULTS, **(system.document if system else {}), **stored.document}
+            body["inherited"] = [name for name in SETTINGS_FIELDS if name not in stored.document]
+            body["warnings"] = warnings_for(merged)
+        body["version"] = stored.version
+        body["updated_at"] = _timestamp(stored.updated_at)
+        body["updated_by"] = stored.updated_by
+        return body
+
+    def effective_view(self, effective: Effective, extra: dict[str, Any] | None = None) -> tuple[dict[str, Any], str]:
+        """The effective document and its ETag (which follows the password version)."""
+        body = dict(effective.document)
+        body["password"] = redact_password(body.get("password"))
+        body["inherited"] = effective.inherited
+        body["warnings"] = warnings_for(effective.document)
+        newest = max((s for s in (effective.system, effective.tenant) if s), key=lambda s: s.updated_at, default=None)
+        body["version"] = sum(s.version for s in (effective.system, effective.tenant) if s)
+        body["updated_at"] = _timestamp(newest.updated_at) if newest else None
+        body["updated_by"] = newest.updated_by if newest else None
+        if extra:
+            body["warnings"] = body["warnings"] + [w for w in extra.pop("warnings", []) if w not in body["warnings"]]
+            body.update(extra)
+        tag_parts = {k: v for k, v in body.items() if k not in ("password", "password_resolved_at")}
+        return body, _etag(effective.base_tag, tag_parts)
+
+    # writes
+
+    def put(self, scope: str, payload: Any, *, actor: str, if_match: str | None) -> StoredSettings:
+        """Validate and store a whole document at one level."""
+        tenant = scope != SYSTEM_SCOPE
+        try:
+            document = load_settings(payload, tenant=tenant)
+        except ValidationError as exc:
+            raise ValidationFailed(errors=_messages(exc)) from None
+        if self.fips_mode and document.get("insecure_skip_verify"):
+            raise ValidationFailed(
+                "insecure_skip_verify is not allowed in FIPS mode.",
+                code="fips_forbids_skip_verify",
+                errors={"insecure_skip_verify": ["Not allowed when the service runs in FIPS mode."]},
+            )
+        password = document.get("password")
+        if password is not None:
+            document["password"] = self.check_reference(password)
+        return self._write(scope, document, actor=actor, if_match=if_match)
+
+    def delete(self, scope: str, *, actor: str, if_match: str | None) -> None:
+        with self.db.transaction() as session:
+            row = session.execute(
+                sa.select(SmtpSettings).where(SmtpSettings.scope == scope).with_for_update()
+            ).scalar_one_or_none()
+            if row is None:
+                raise NotFound("No settings are stored at this level.", code="settings_not_found")
+            current = StoredSettings.of(row)
+            if if_match is not None and not etag_matches(if_match, current.etag):
+                raise PreconditionFailed("The settings changed since they were read: fetch them again.")
+            session.delete(row)
+            audit.record(session, actor=actor, action="smtp_settings.delete", target=scope, before=redact(current.document))
+            bump_generation(session, "settings_generation")
+
+    def _write(self, scope: str, document: dict[str, Any], *, actor: str, if_match: str | None) -> StoredSettings:
+        for attempt in range(2):
+            try:
+                with self.db.transaction() as session:
+                    return self._write_in(session, scope, document, actor=actor, if_match=if_match)
+            except IntegrityError:
+                # Two first writes of the same level raced; the loser retries
+                # as an update (and then honours If-Match against the winner).
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _write_in(
+        self, session: Session, scope: str, document: dict[str, Any], *, actor: str, if_match: str | None
+    ) -> StoredSettings:
+        row = session.execute(
+            sa.select(SmtpSettings).where(SmtpSettings.scope == scope).with_for_update()
+        ).scalar_one_or_none()
+        current = StoredSettings.of(row) if row else None
+        if if_match is not None and (current is None or not etag_matches(if_match, current.etag)):
+            raise PreconditionFailed("The settings changed since they were read: fetch them again.")
+        system = None
+        if scope != SYSTEM_SCOPE:
+            system_row = session.get(SmtpSettings, SYSTEM_SCOPE)
+            system = system_row.document if system_row else {}
+        document = self._seal_password(scope, document, current, system)
+        effective = {**SYSTEM_DEFAULTS, **(system or {}), **document}
+        errors = credential_errors(effective)
+        if errors:
+            raise ValidationFailed(errors=errors)
+        now = utcnow()
+        if row is None:
+            row = SmtpSettings(scope=scope, document=document, version=1, updated_at=now, updated_by=actor)
+            session.add(row)
+            session.flush()
+        else:
+            row.document = document
+            row.version = current.version + 1
+            row.updated_at = now
+            row.updated_by = actor
+        audit.record(
+            session,
+            actor=actor,
+            action="smtp_settings.put",
+            target=scope,
+            before=redact(current.document) if current else None,
+            after=redact(document),
+        )
+        bump_generation(session, "settings_generation")
+        return StoredSettings(scope, copy.deepcopy(document), row.version, now, actor)
+
+    def _seal_password(
+        self,
+        scope: str,
+        document: dict[str, Any],
+        current: StoredSettings | None,
+        system: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """Encrypt a new plaintext value, or keep the stored one under the round-trip rule."""
+        password = document.get("password")
+        if not password or password.get("source") != "plaintext":
+            return document
+        stored = current.document.get("password") if current else None
+        stored_plain = stored if stored and stored.get("source") == "plaintext" else None
+        if "value" in password:
+            version = int(stored_plain.get("version", 0)) + 1 if stored_plain else 1
+            sealed = {
+                "source": "plaintext",
+                "ciphertext": self.keyring.encrypt(password["value"], plaintext_context(scope)),
+                "version": str(version),
+            }
+            return {**document, "password": sealed}
+        if stored_plain is None:
+            raise ValidationFailed(
+                "There is no stored password to keep: send the password value.",
+                code="password_required",
+                errors={"password": ["No stored password at this level: send {\"source\": \"plaintext\", \"value\": ...}."]},
+            )
+        before = {**SYSTEM_DEFAULTS, **(system or {}), **current.document}
+        after = {**SYSTEM_DEFAULTS, **(system or {}), **document}
+        changed = [name for name in DESTINATION_FIELDS if before.get(name) != after.get(name)]
+        if changed:
+            raise ValidationFailed(
+                f"The stored password is only kept while {', '.join(DESTINATION_FIELDS)} are unchanged "
+                f"({', '.join(changed)} changed): send the password again.",
+                code="password_required",
+                errors={"password": [f"Send the password again: {', '.join(changed)} changed."]},
+            )
+        return {**document, "password": dict(stored_plain)}
+
+
+def bump_generation(session: Session, key: str) -> None:
+    """Tell every instance sharing the database that something changed."""
+    session.execute(sa.update(ServiceState).where(ServiceState.key == key).values(value=ServiceState.value + 1))
+
+
+def read_generations(session: Session) -> dict[str, int]:
+    return {row.key: row.value for row in session.execute(sa.select(ServiceState.key, ServiceState.value))}
+
+
+def _messages(exc: ValidationError) -> dict[str, Any]:
+    messages = exc.messages
+    if isinstance(messages, list):
+        return {"_schema": messages}
+    return messages
