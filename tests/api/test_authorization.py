@@ -1,0 +1,82 @@
+"""The role × endpoint matrix of the contract, every cell, plus no token at all."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import SYSTEM_SETTINGS
+
+ROLES = ("admin", "reader", "secret-reader", "security")
+ANY = frozenset(ROLES)
+
+# (method, path, roles allowed, body)
+MATRIX = [
+    ("GET", "/v1/smtp", {"admin", "reader"}, None),
+    ("PUT", "/v1/smtp", {"admin"}, SYSTEM_SETTINGS),
+    ("GET", "/v1/tenants/t1/smtp", {"admin", "reader"}, None),
+    ("PUT", "/v1/tenants/t1/smtp", {"admin"}, {"port": 465}),
+    ("DELETE", "/v1/tenants/t1/smtp", {"admin"}, None),
+    ("GET", "/v1/smtp/effective", {"reader", "secret-reader"}, None),
+    ("GET", "/v1/smtp/effective?include_password=true", {"secret-reader"}, None),
+    ("GET", "/v1/tenants/t1/smtp/effective", {"reader", "secret-reader"}, None),
+    ("GET", "/v1/tenants/t1/smtp/effective?include_password=true", {"secret-reader"}, None),
+    ("GET", "/v1/notification-types", ANY, None),
+    ("GET", "/v1/audit", {"admin", "security"}, None),
+]
+PUBLIC = [("GET", "/healthz"), ("GET", "/openapi.yaml"), ("GET", "/readyz"), ("GET", "/metrics")]
+
+
+@pytest.fixture
+def configured(client, tokens):
+    assert client.put("/v1/smtp", json=SYSTEM_SETTINGS, headers=tokens.headers("admin")).status_code == 200
+    return client
+
+
+@pytest.mark.parametrize("method,path,allowed,body", MATRIX, ids=[f"{m} {p}" for m, p, _, _ in MATRIX])
+def test_role_matrix(configured, tokens, method, path, allowed, body):
+    client = configured
+    for role in ROLES:
+        response = client.open(path, method=method, json=body, headers=tokens.headers(role))
+        if role in allowed:
+            assert response.status_code not in (401, 403), (role, response.status_code, response.json)
+            assert response.status_code < 500
+        else:
+            assert response.status_code == 403, (role, response.status_code)
+            assert response.content_type == "application/problem+json"
+            assert response.json["code"] == "forbidden"
+    anonymous = client.open(path, method=method, json=body)
+    assert anonymous.status_code == 401
+    assert anonymous.json["code"] == "unauthorized"
+    assert anonymous.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("header", ["Bearer ", "Bearer not-a-real-token", "Basic YWRtaW46YWRtaW4=", "smtpconf_abc"])
+def test_bad_credentials_are_401(client, header):
+    response = client.get("/v1/smtp", headers={"Authorization": header})
+    assert response.status_code == 401
+
+
+def test_a_token_with_several_roles_has_each_of_them(configured, tokens):
+    headers = tokens.headers("admin", "secret-reader")
+    assert configured.put("/v1/smtp", json=SYSTEM_SETTINGS, headers=headers).status_code == 200
+    assert configured.get("/v1/smtp/effective?include_password=true", headers=headers).status_code == 200
+
+
+def test_admin_does_not_imply_security_or_secret_reader(configured, tokens):
+    headers = tokens.headers("admin")
+    assert configured.get("/v1/smtp/effective?include_password=true", headers=headers).status_code == 403
+
+
+@pytest.mark.parametrize("method,path", PUBLIC)
+def test_public_endpoints_need_no_token(client, method, path):
+    assert client.open(path, method=method).status_code == 200
+
+
+def test_every_protected_route_is_in_the_matrix(app):
+    covered = {(m, p.split("?")[0].replace("/t1/", "/<tenant>/")) for m, p, _, _ in MATRIX}
+    for rule in app.url_map.iter_rules():
+        view = app.view_functions[rule.endpoint]
+        if not hasattr(view, "required_roles"):
+            continue
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            assert (method, rule.rule) in covered, f"{method} {rule.rule} has no row in the role matrix"
