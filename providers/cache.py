@@ -186,6 +186,11 @@ class SecretCache:
             fresh = self._is_fresh(entry, self._clock(), entry.ttl, self._wall())
             return self._cached(entry, stale=not fresh)
 
+    def has_values(self, provider: str) -> bool:
+        """Whether any last good value of ``provider`` is held (to serve while it is down)."""
+        with self._lock:
+            return any(key.provider == provider and entry.secret is not None for key, entry in self._entries.items())
+
     def stats(self) -> dict[str, int]:
         """Counters: ``hits`` (fresh values served), ``misses`` (calls that found none),
         ``fetches`` (calls to a manager), ``failures`` (fetches that raised), ``stale_served``."""

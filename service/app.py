@@ -40,23 +40,25 @@ class Services:
     secrets: SecretsService
 
     def close(self) -> None:
+        self.secrets.close()
         self.db.dispose()
 
     def readiness(self) -> dict[str, Any]:
         try:
             self.db.ping()
-            database = "ok"
         except Exception as exc:
             log.error("database not reachable", extra={"error": type(exc).__name__})
-            database = "down"
-        return {"status": "ok" if database == "ok" else "down", "database": database}
+            return {"status": "down", "database": "down", "providers": {}}
+        providers = self.secrets.readiness()
+        degraded = any(p["status"] != "ok" for p in providers.values())
+        return {"status": "degraded" if degraded else "ok", "database": "ok", "providers": providers}
 
 
 def build_services(config: Config) -> Services:
     db = Database(config.database_url)
     keyring = KeyRing.from_config(config)
     registry = ProviderRegistry.from_entry_points()
-    secrets = SecretsService(db, keyring, registry)
+    secrets = SecretsService(db, keyring, registry, sync_interval=config.secret_sync_interval_seconds)
     settings = SettingsService(db, keyring, fips_mode=config.fips_mode, check_reference=secrets.check_reference)
     return Services(config, db, keyring, registry, settings, secrets)
 
@@ -65,16 +67,18 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     """Build the service from ``SMTPCONF_*`` variables, then ``overrides`` (tests)."""
     config = Config.load(overrides)
     configure_logging(config.log_level)
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, TESTING=config.testing)
     app.extensions["smtpconf"] = build_services(config)
     register_error_handlers(app)
     _register_request_hooks(app)
 
-    from service.api import ops, smtp
+    from service.api import ops, secret_providers, secrets, smtp
 
     app.register_blueprint(ops.bp)
     app.register_blueprint(smtp.bp)
+    app.register_blueprint(secret_providers.bp)
+    app.register_blueprint(secrets.bp)
     return app
 
 

@@ -4,20 +4,40 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
 from typing import Any, Mapping
 
 import sqlalchemy as sa
 from marshmallow import ValidationError
 from sqlalchemy.exc import IntegrityError
 
-from providers.base import ProviderContext, ProviderError
+from providers.base import (
+    ProviderContext,
+    ProviderError,
+    ProviderMisconfigured,
+    ProviderUnavailable,
+    SecretNotAllowed,
+    SecretProvider,
+    secret_allowed,
+)
+from providers.cache import CacheKey, SecretCache
 from providers.registry import ProviderRegistry
+from service.connections import INTERNAL, ConnectionService
 from service.crypto import DecryptionError, KeyRing
-from service.db import Database, PasswordAccess, utcnow
+from service.db import Database, PasswordAccess, ServiceState, utcnow
 from service.errors import ApiError, ValidationFailed
+from service.internal_store import InternalStore
+from service.observability import SECRET_FETCHES
+from service.settings import bump_generation, plaintext_context, read_generations
 
-
+log = logging.getLogger("smtpconf.secrets")
 EXPIRY_WARNING = dt.timedelta(days=14)
+READINESS_TTL = 5.0
 
 
 class PasswordUnavailable(ApiError):
@@ -40,16 +60,118 @@ class ResolvedPassword:
 
 
 class SecretsService:
-    """Checks password references against provider types and resolves them."""
+    """Checks password references against provider types and connections, and resolves them.
 
-    def __init__(self, db: Database, keyring: KeyRing, registry: ProviderRegistry) -> None:
+    Resolution goes through one ``SecretCache`` per process. Instances sharing
+    a database learn of changes made elsewhere (connection edits, cache
+    invalidations, rotations in the internal store) from generation counters
+    in the database, read at most once per ``sync_interval`` seconds.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        keyring: KeyRing,
+        registry: ProviderRegistry,
+        *,
+        sync_interval: float = 1.0,
+        cache: SecretCache | None = None,
+    ) -> None:
         self.db = db
         self.keyring = keyring
         self.registry = registry
+        self.connections = ConnectionService(db, registry)
+        self.store = InternalStore(db, keyring)
+        self.cache = cache or SecretCache()
+        self.sync_interval = sync_interval
+        self._lock = threading.Lock()
         self._noted: set[tuple[str, str, str, str]] = set()
+        self._snapshot: dict[str, dict[str, Any]] | None = None
+        self._providers: dict[str, tuple[int, SecretProvider]] = {}
+        self._generations: dict[str, int] | None = None
+        self._synced_at = 0.0
+        self._readiness: tuple[float, dict[str, Any]] | None = None
+
+    # cross-instance coherence
+
+    def sync(self, force: bool = False) -> None:
+        """Apply changes other instances announced through the database's generations."""
+        now = time.monotonic()
+        if not force and now - self._synced_at < self.sync_interval:
+            return
+        with self.db.read() as session:
+            seen = read_generations(session)
+        with self._lock:
+            self._synced_at = now
+            previous, self._generations = self._generations, seen
+            if previous is None:
+                return
+            if seen.get("cache_generation") != previous.get("cache_generation"):
+                self.cache.invalidate()
+            if seen.get("settings_generation") != previous.get("settings_generation"):
+                self._snapshot = None
+
+    def _announce(self, key: str) -> None:
+        """Bump a generation and note it as seen, so this instance does not act twice."""
+        with self.db.transaction() as session:
+            bump_generation(session, key)
+            value = session.scalar(sa.select(ServiceState.value).where(ServiceState.key == key))
+        with self._lock:
+            if self._generations is not None:
+                self._generations[key] = value
+
+    def connection(self, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            snapshot = self._snapshot
+        if snapshot is None:
+            snapshot = self.connections.all()
+            with self._lock:
+                self._snapshot = snapshot
+        return snapshot.get(name)
+
+    def connection_changed(self) -> None:
+        """Called after this instance edited a connection."""
+        with self._lock:
+            self._snapshot = None
+        self.cache.invalidate()
+
+    def _provider(self, name: str, record: dict[str, Any]) -> SecretProvider:
+        with self._lock:
+            held = self._providers.get(name)
+            if held and held[0] == record["version"]:
+                return held[1]
+            cls = self.registry.get(record["document"]["type"])
+            if cls is None:
+                raise ProviderMisconfigured(f"provider type {record['document']['type']!r} is not installed")
+            provider = cls(record["document"], ProviderContext(credential=self.credential, internal_store=self.store))
+            self._providers[name] = (record["version"], provider)
+        if held:
+            held[1].close()
+        return provider
+
+    # credentials the service itself needs to reach a manager
+
+    def credential(self, ref: Mapping[str, str]) -> str:
+        """The value of ``{"env": NAME}``, ``{"file": PATH}`` or ``{"internal": SECRET}``."""
+        ((kind, where),) = ref.items()
+        if kind == "env":
+            value = os.environ.get(where)
+            if value is None:
+                raise ProviderMisconfigured(f"environment variable {where} is not set")
+            return value
+        if kind == "file":
+            try:
+                return Path(where).read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise ProviderMisconfigured(f"credential file {where} cannot be read: {exc.strerror}") from None
+        if kind == "internal":
+            return self.store.read(where).value
+        raise ProviderMisconfigured(f"unknown credential reference kind {kind!r}")
+
+    # submit-time checks
 
     def check_reference(self, reference: dict[str, Any]) -> dict[str, Any]:
-        """Validate a reference with its provider type's schema; 422 when it is not right."""
+        """Validate a reference with its type's schema and its connection's allow-list."""
         provider = self.registry.get(reference["source"])
         if provider is None:
             raise ValidationFailed(
@@ -59,14 +181,91 @@ class SecretsService:
             loaded = provider.reference_schema().load(reference)
         except ValidationError as exc:
             raise ValidationFailed(errors={"password": exc.messages}) from None
+        if not provider.needs_connection:
+            return loaded
+        name = connection_name(loaded)
+        if not name:
+            raise ValidationFailed(errors={"password": {"provider": ["Name the connection to read it from."]}})
+        self.sync(force=True)
+        record = self.connection(name)
+        if record is None or record["document"]["type"] != loaded["source"]:
+            raise ValidationFailed(
+                errors={"password": {"provider": [f"No {loaded['source']} connection named {name!r}."]}}
+            )
+        secret = provider.secret_name(loaded)
+        if not secret_allowed(secret, record["document"].get("allowed_secrets", [])):
+            raise ValidationFailed(
+                f"The connection {name!r} does not allow the secret {secret!r}.",
+                code="secret_not_allowed",
+                errors={"password": [f"Not in the allowed_secrets of connection {name!r}."]},
+            )
         return loaded
+
+    # resolution
+
+    def resolve(self, reference: Mapping[str, Any], scope: str, *, refresh: bool = False) -> ResolvedPassword:
+        """The password a stored reference names, or 503 ``password_unavailable``."""
+        source = str(reference.get("source"))
+        if source == "plaintext":
+            return self._plaintext(reference, scope)
+        self.sync()
+        name = connection_name(reference)
+        record = self.connection(name) if name else None
+        cls = self.registry.get(source)
+        if record is None or cls is None:
+            raise PasswordUnavailable(f"The {source} connection {name!r} is not configured.", extra={"reason": "provider_not_found"})
+        document = record["document"]
+        secret = cls.secret_name(reference)
+        if not secret_allowed(secret, document.get("allowed_secrets", [])):
+            raise PasswordUnavailable(
+                f"The connection {name!r} does not allow the secret {secret!r}.", extra={"reason": SecretNotAllowed.code}
+            )
+        variant = json.dumps({k: v for k, v in reference.items() if k not in ("source", "provider")}, sort_keys=True)
+        key = CacheKey(provider=name, secret=secret, version=variant)
+        provider = self._provider(name, record)
+
+        def fetch() -> Any:
+            try:
+                value = provider.fetch(reference)
+            except ProviderError as exc:
+                SECRET_FETCHES.labels(source, exc.code).inc()
+                log.warning("secret fetch failed", extra={"provider": name, "source": source, "error_code": exc.code})
+                raise
+            SECRET_FETCHES.labels(source, "ok").inc()
+            return value
+
+        try:
+            resolution = self.cache.resolve(
+                key, fetch, float(document.get("cache_ttl_seconds", 300)), float(document.get("max_stale_seconds", 0)),
+                refresh=refresh,
+            )
+        except ProviderError as exc:
+            raise PasswordUnavailable(
+                f"The password cannot be read from {name!r}: {exc.message}", extra={"reason": exc.code}
+            ) from None
+        return ResolvedPassword(
+            value=resolution.secret.value,
+            source=source,
+            version=resolution.secret.version,
+            resolved_at=dt.datetime.fromtimestamp(resolution.fetched_at, dt.timezone.utc),
+            stale=resolution.stale,
+            from_cache=resolution.from_cache,
+            expires_at=resolution.secret.expires_at,
+        )
+
+    def _plaintext(self, reference: Mapping[str, Any], scope: str) -> ResolvedPassword:
+        try:
+            value = self.keyring.decrypt(reference["ciphertext"], plaintext_context(scope))
+        except (DecryptionError, KeyError):
+            raise PasswordUnavailable("The stored password cannot be decrypted with the configured master keys.") from None
+        return ResolvedPassword(value, "plaintext", reference.get("version"), utcnow())
 
     def password_fields(self, effective: Any, token_name: str) -> dict[str, Any]:
         """The fields ``include_password=true`` adds, and who-read-what bookkeeping."""
         reference = effective.document.get("password")
         if reference is None:
             return {"password": None, "password_version": None, "password_resolved_at": None}
-        resolved = self.resolve(reference, _password_scope(effective))
+        resolved = self.resolve(reference, password_scope(effective))
         self.note_access(token_name, reference, resolved)
         fields: dict[str, Any] = {
             "password": resolved.value,
@@ -77,7 +276,7 @@ class SecretsService:
         if resolved.stale:
             fields["password_stale"] = True
             warnings.append("password_stale")
-        if resolved.expires_at is not None and resolved.expires_at - dt.datetime.now(dt.timezone.utc) < EXPIRY_WARNING:
+        if resolved.expires_at is not None and expires_within(resolved.expires_at, EXPIRY_WARNING):
             warnings.append("password_expires_soon")
         if warnings:
             fields["warnings"] = warnings
@@ -85,7 +284,7 @@ class SecretsService:
 
     def note_access(self, token_name: str, reference: Mapping[str, Any], resolved: ResolvedPassword) -> None:
         """Record the first time a token reads a password version; never the value."""
-        key = (token_name, resolved.source, _secret_label(reference), resolved.version or "")
+        key = (token_name, resolved.source, secret_label(reference), resolved.version or "")
         if key in self._noted:
             return
         try:
@@ -106,44 +305,73 @@ class SecretsService:
             pass  # another worker recorded it first
         self._noted.add(key)
 
-    def resolve(self, reference: Mapping[str, Any], scope: str, *, refresh: bool = False) -> ResolvedPassword:
-        """The password a stored reference names, or 503 ``password_unavailable``."""
-        from service.settings import plaintext_context
+    # the security team's operations
 
-        source = reference.get("source")
-        now = dt.datetime.now(dt.timezone.utc)
-        if source == "plaintext":
+    def invalidate(self, provider: str | None, secret: str | None) -> dict[str, int]:
+        dropped = self.cache.invalidate(provider=provider, secret=secret)
+        self._announce("cache_generation")
+        return {"invalidated": dropped, "generation": (self._generations or {}).get("cache_generation", 0)}
+
+    def secret_written(self, name: str) -> None:
+        """A rotation in the internal store: no instance may keep serving the old value."""
+        self.cache.invalidate(provider=INTERNAL, secret=name)
+        self._announce("cache_generation")
+
+    def check_connection(self, name: str) -> dict[str, Any]:
+        record = self.connections.get(name)
+        started = time.monotonic()
+        try:
+            self._provider(name, record).check()
+            error = None
+        except ProviderError as exc:
+            error = {"code": exc.code, "message": exc.message}
+        elapsed = int((time.monotonic() - started) * 1000)
+        return {"ok": error is None, "status": "ok" if error is None else "down", "error": error, "elapsed_ms": elapsed}
+
+    def readiness(self) -> dict[str, dict[str, Any]]:
+        """Each connection: ok, degraded (down, cached values still serve) or down."""
+        now = time.monotonic()
+        if self._readiness and now - self._readiness[0] < READINESS_TTL:
+            return self._readiness[1]
+        self.sync()
+        report: dict[str, dict[str, Any]] = {}
+        for name, record in self.connections.all().items():
             try:
-                value = self.keyring.decrypt(reference["ciphertext"], plaintext_context(scope))
-            except (DecryptionError, KeyError):
-                raise PasswordUnavailable("The stored password cannot be decrypted with the configured master keys.") from None
-            provider = self.registry.get("plaintext")
-            if provider is None:
-                raise PasswordUnavailable("The plaintext source is not installed.")
-            try:
-                secret = provider({}, ProviderContext(credential=_no_credentials)).fetch(
-                    {"source": "plaintext", "value": value, "version": reference.get("version")}
-                )
+                self._provider(name, record).check()
+                report[name] = {"status": "ok"}
             except ProviderError as exc:
-                raise PasswordUnavailable(exc.message) from None
-            return ResolvedPassword(secret.value, "plaintext", secret.version, now)
-        raise PasswordUnavailable(f"The password source {source!r} is not available.")
+                serving = isinstance(exc, ProviderUnavailable) and self.cache.has_values(provider=name)
+                report[name] = {"status": "degraded" if serving else "down", "detail": exc.code}
+        self._readiness = (now, report)
+        return report
+
+    def close(self) -> None:
+        with self._lock:
+            providers, self._providers = self._providers, {}
+        for _version, provider in providers.values():
+            provider.close()
 
 
-def _password_scope(effective: Any) -> str:
+def connection_name(reference: Mapping[str, Any]) -> str | None:
+    return INTERNAL if reference.get("source") == INTERNAL else reference.get("provider")
+
+
+def password_scope(effective: Any) -> str:
     """The settings row a plaintext password is sealed to: the level it was set at."""
     if effective.tenant is not None and "password" in effective.tenant.document:
         return effective.tenant.scope
     return "system"
 
 
-def _secret_label(reference: Mapping[str, Any]) -> str:
+def secret_label(reference: Mapping[str, Any]) -> str:
     if reference.get("source") == "plaintext":
         return "plaintext"
-    parts = [reference.get("provider"), reference.get("secret") or reference.get("path"), reference.get("key")]
+    parts = [connection_name(reference), reference.get("secret") or reference.get("path"), reference.get("key")]
     parts += [reference.get("safe"), reference.get("object")]
     return "/".join(str(p) for p in parts if p)
 
 
-def _no_credentials(ref: Mapping[str, str]) -> str:
-    raise ProviderError("this source takes no credentials")
+def expires_within(expires_at: dt.datetime, window: dt.timedelta) -> bool:
+    if expires_at.tzinfo is None:
+        expires_at = expires_at.replace(tzinfo=dt.timezone.utc)
+    return expires_at - dt.datetime.now(dt.timezone.utc) < window

@@ -22,7 +22,32 @@ MATRIX = [
     ("GET", "/v1/tenants/t1/smtp/effective?include_password=true", {"secret-reader"}, None),
     ("GET", "/v1/notification-types", ANY, None),
     ("GET", "/v1/audit", {"admin", "security"}, None),
+    ("GET", "/v1/secret-providers", {"security", "admin"}, None),
+    ("GET", "/v1/secret-providers/internal", {"security", "admin"}, None),
+    ("PUT", "/v1/secret-providers/internal", {"security"}, {"type": "internal", "allowed_secrets": ["smtp/*"]}),
+    ("DELETE", "/v1/secret-providers/no-such-connection", {"security"}, None),
+    ("POST", "/v1/secret-providers/internal/check", {"security"}, None),
+    ("GET", "/v1/secret-provider-types", ANY, None),
+    ("POST", "/v1/secret-cache/invalidate", {"security"}, None),
+    ("GET", "/v1/secrets", {"security"}, None),
+    ("PUT", "/v1/secrets/smtp/relay", {"security"}, {"value": "matrix-value"}),
+    ("GET", "/v1/secrets/smtp/relay", {"security"}, None),
+    ("DELETE", "/v1/secrets/no/such/secret", {"security"}, None),
 ]
+RULES = {
+    "/v1/tenants/t1/": "/v1/tenants/<tenant>/",
+    "/v1/secret-providers/internal": "/v1/secret-providers/<name>",
+    "/v1/secret-providers/no-such-connection": "/v1/secret-providers/<name>",
+    "/v1/secrets/smtp/relay": "/v1/secrets/<path:name>",
+    "/v1/secrets/no/such/secret": "/v1/secrets/<path:name>",
+}
+
+
+def rule_of(path: str) -> str:
+    path = path.split("?")[0]
+    for concrete, rule in RULES.items():
+        path = path.replace(concrete, rule)
+    return path
 PUBLIC = [("GET", "/healthz"), ("GET", "/openapi.yaml"), ("GET", "/readyz"), ("GET", "/metrics")]
 
 
@@ -73,7 +98,7 @@ def test_public_endpoints_need_no_token(client, method, path):
 
 
 def test_every_protected_route_is_in_the_matrix(app):
-    covered = {(m, p.split("?")[0].replace("/t1/", "/<tenant>/")) for m, p, _, _ in MATRIX}
+    covered = {(m, rule_of(p)) for m, p, _, _ in MATRIX}
     for rule in app.url_map.iter_rules():
         view = app.view_functions[rule.endpoint]
         if not hasattr(view, "required_roles"):
