@@ -11,7 +11,8 @@ from flask import Flask, Response, g, request
 
 from providers.registry import ProviderRegistry
 from service.api import register_error_handlers
-from service.config import Config
+from service.checks import CheckService
+from service.config import Config, ConfigError
 from service.crypto import KeyRing
 from service.db import Database
 from service.observability import (
@@ -23,6 +24,7 @@ from service.observability import (
 )
 from service.secrets import SecretsService
 from service.settings import SettingsService
+from service.smtp_check import DestinationPolicy
 
 MAX_BODY_BYTES = 64 * 1024
 log = logging.getLogger("smtpconf.http")
@@ -38,6 +40,7 @@ class Services:
     registry: ProviderRegistry
     settings: SettingsService
     secrets: SecretsService
+    checks: CheckService
 
     def close(self) -> None:
         self.secrets.close()
@@ -60,7 +63,12 @@ def build_services(config: Config) -> Services:
     registry = ProviderRegistry.from_entry_points()
     secrets = SecretsService(db, keyring, registry, sync_interval=config.secret_sync_interval_seconds)
     settings = SettingsService(db, keyring, fips_mode=config.fips_mode, check_reference=secrets.check_reference)
-    return Services(config, db, keyring, registry, settings, secrets)
+    try:
+        policy = DestinationPolicy.from_strings(config.smtp_allowed_ports, config.smtp_denied_networks)
+    except ValueError as exc:
+        raise ConfigError(f"SMTPCONF_SMTP_ALLOWED_PORTS / SMTPCONF_SMTP_DENIED_NETWORKS: {exc}") from None
+    checks = CheckService(settings, secrets, policy, fips_mode=config.fips_mode, rate_limit=config.rate_limit_per_minute)
+    return Services(config, db, keyring, registry, settings, secrets, checks)
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:

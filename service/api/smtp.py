@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 
 from service.api import json_body, json_response, principal, query_flag, requires
-from service.errors import Forbidden, NotFound
+from service.errors import Forbidden, NotFound, ValidationFailed
 from service.schemas import NOTIFICATION_TYPES
 from service.settings import SYSTEM_SCOPE, tenant_scope
 
@@ -29,11 +29,19 @@ def _level_response(scope: str) -> Response:
     return json_response(body, headers={"ETag": stored.etag})
 
 
-def _put(scope: str) -> Response:
+def _put(scope: str, tenant: str | None) -> Response:
     services = _services()
-    stored = services.settings.put(
-        scope, json_body(), actor=principal().name, if_match=request.headers.get("If-Match")
-    )
+    body = json_body()
+    if query_flag("validate"):
+        services.checks.limiter.hit(principal().name)
+        result = services.checks.check(services.checks.candidate(tenant, body), send_to=None, include_cc_bcc=False)
+        if not result["ok"]:
+            raise ValidationFailed(
+                f"The settings were not saved: the check failed at {result['stage']} ({result['error']['code']}).",
+                errors={"settings": [result["error"]["message"]]},
+                extra={"result": result},
+            )
+    stored = services.settings.put(scope, body, actor=principal().name, if_match=request.headers.get("If-Match"))
     system = services.settings.get(SYSTEM_SCOPE) if scope != SYSTEM_SCOPE else None
     return json_response(services.settings.view(stored, inherited_from=system), headers={"ETag": stored.etag})
 
@@ -47,7 +55,7 @@ def get_system() -> Response:
 @bp.put("/v1/smtp")
 @requires("admin")
 def put_system() -> Response:
-    return _put(SYSTEM_SCOPE)
+    return _put(SYSTEM_SCOPE, None)
 
 
 @bp.get("/v1/tenants/<tenant>/smtp")
@@ -59,7 +67,7 @@ def get_tenant(tenant: str) -> Response:
 @bp.put("/v1/tenants/<tenant>/smtp")
 @requires("admin")
 def put_tenant(tenant: str) -> Response:
-    return _put(tenant_scope(tenant))
+    return _put(tenant_scope(tenant), tenant)
 
 
 @bp.delete("/v1/tenants/<tenant>/smtp")
@@ -100,6 +108,37 @@ def effective_system() -> Response:
 @requires("reader", "secret-reader")
 def effective_tenant(tenant: str) -> Response:
     return _effective(tenant)
+
+
+def _check(tenant: str | None, send: bool) -> Response:
+    if tenant is not None:
+        tenant_scope(tenant)
+    result = _services().checks.run(tenant, json_body(optional=True), caller=principal().name, send=send)
+    return json_response(result, headers={"Cache-Control": "no-store"})
+
+
+@bp.post("/v1/smtp/validate")
+@requires("admin")
+def validate_system() -> Response:
+    return _check(None, send=False)
+
+
+@bp.post("/v1/tenants/<tenant>/smtp/validate")
+@requires("admin")
+def validate_tenant(tenant: str) -> Response:
+    return _check(tenant, send=False)
+
+
+@bp.post("/v1/smtp/test-connection")
+@requires("admin")
+def test_system() -> Response:
+    return _check(None, send=True)
+
+
+@bp.post("/v1/tenants/<tenant>/smtp/test-connection")
+@requires("admin")
+def test_tenant(tenant: str) -> Response:
+    return _check(tenant, send=True)
 
 
 @bp.get("/v1/notification-types")

@@ -7,6 +7,8 @@ import pytest
 from tests.conftest import SYSTEM_SETTINGS
 
 ROLES = ("admin", "reader", "secret-reader", "security")
+# Loopback port 25 is closed here: a check against it ends at once with connection_refused.
+CANDIDATE = {"settings": {"host": "127.0.0.1", "port": 25, "security": "none", "from_email": "a@example.com"}}
 ANY = frozenset(ROLES)
 
 # (method, path, roles allowed, body)
@@ -22,6 +24,10 @@ MATRIX = [
     ("GET", "/v1/tenants/t1/smtp/effective?include_password=true", {"secret-reader"}, None),
     ("GET", "/v1/notification-types", ANY, None),
     ("GET", "/v1/audit", {"admin", "security"}, None),
+    ("POST", "/v1/smtp/validate", {"admin"}, CANDIDATE),
+    ("POST", "/v1/tenants/t1/smtp/validate", {"admin"}, CANDIDATE),
+    ("POST", "/v1/smtp/test-connection", {"admin"}, CANDIDATE),
+    ("POST", "/v1/tenants/t1/smtp/test-connection", {"admin"}, CANDIDATE),
     ("GET", "/v1/secret-providers", {"security", "admin"}, None),
     ("GET", "/v1/secret-providers/internal", {"security", "admin"}, None),
     ("PUT", "/v1/secret-providers/internal", {"security"}, {"type": "internal", "allowed_secrets": ["smtp/*"]}),
