@@ -257,3 +257,22 @@ def test_audit_query_parameters_are_validated(client, tokens):
     response = client.get("/v1/audit?limit=0&before=x", headers=tokens.headers("admin"))
     assert response.status_code == 422
     assert set(response.json["errors"]) == {"limit", "before"}
+
+
+def test_concurrent_puts_with_the_same_if_match_let_exactly_one_through(app, tokens, system_settings):
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = app.test_client()
+    etag = put_system(client, tokens, system_settings).headers["ETag"]
+    headers = tokens.headers("admin", **{"If-Match": etag})
+
+    def attempt(port: int) -> int:
+        return app.test_client().put("/v1/smtp", json={**system_settings, "port": port}, headers=headers).status_code
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        statuses = list(pool.map(attempt, range(1000, 1020)))
+    assert sorted(statuses) == [200] + [412] * 19
+    body = client.get("/v1/smtp", headers=tokens.headers("admin")).json
+    assert body["version"] == 2
+    audit = client.get("/v1/audit", headers=tokens.headers("admin")).json["items"]
+    assert len([e for e in audit if e["action"] == "smtp_settings.put"]) == 2
