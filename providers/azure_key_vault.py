@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
 from typing import Any, Callable, ClassVar, Mapping
 
@@ -26,6 +25,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 from providers.base import (
     ConnectionSchema,
     CredentialRef,
+    Discriminated,
     ProviderAuthError,
     ProviderContext,
     ProviderError,
@@ -85,30 +85,19 @@ class WorkloadIdentityCredentialSchema(_CredentialKindSchema, _AuthorityMixin):
     token_file = fields.String(required=True, validate=validate.Regexp(r"^/", error="Must be an absolute path."))
 
 
-class AzureCredentialField(fields.Field):
-    """``{"kind": ...}`` loaded by the schema of that kind (``KINDS``)."""
-
-    KINDS: ClassVar[dict[str, type[Schema]]] = {
-        "default": DefaultCredentialSchema,
-        "client_secret": ClientSecretCredentialSchema,
-        "managed_identity": ManagedIdentityCredentialSchema,
-        "workload_identity": WorkloadIdentityCredentialSchema,
-    }
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict[str, Any]:
-        if not isinstance(value, Mapping):
-            raise ValidationError("Must be an object with a 'kind'.")
-        schema = self.KINDS.get(str(value.get("kind")))
-        if schema is None:
-            raise ValidationError({"kind": [f"Must be one of: {', '.join(self.KINDS)}."]})
-        return schema().load(value)
+CREDENTIAL_KINDS: dict[str, type[Schema]] = {
+    "default": DefaultCredentialSchema,
+    "client_secret": ClientSecretCredentialSchema,
+    "managed_identity": ManagedIdentityCredentialSchema,
+    "workload_identity": WorkloadIdentityCredentialSchema,
+}
 
 
 class AzureKeyVaultConnectionSchema(ConnectionSchema):
     """A connection to one vault, with the identity the service uses there."""
 
     vault_url = fields.Url(required=True, schemes={"https"})
-    credential = AzureCredentialField(load_default=lambda: {"kind": "default"})
+    credential = Discriminated("kind", CREDENTIAL_KINDS, load_default=lambda: {"kind": "default"})
     timeout_seconds = fields.Integer(load_default=5, validate=validate.Range(min=1, max=120))
     #: Retries of one request (vault or token endpoint) after a transient failure.
     max_retries = fields.Integer(load_default=2, validate=validate.Range(min=0, max=10))
@@ -195,18 +184,6 @@ class AzureKeyVaultProvider(SecretProvider):
             client.close()
         if credential is not None and hasattr(credential, "close"):
             credential.close()
-
-    @staticmethod
-    def expires_soon(
-        secret: SecretValue, now: dt.datetime | None = None, within: dt.timedelta = dt.timedelta(days=14)
-    ) -> bool:
-        """Whether ``secret`` expires (or has expired) within ``within`` of ``now``."""
-        if secret.expires_at is None:
-            return False
-        expires_at = secret.expires_at
-        if expires_at.tzinfo is None:
-            expires_at = expires_at.replace(tzinfo=dt.timezone.utc)
-        return expires_at - (now or dt.datetime.now(dt.timezone.utc)) <= within
 
     def _call(self, operation: Callable[[SecretClient], Any], name: str) -> Any:
         """Run ``operation(client)``: the one place SDK failures become ``ProviderError``."""

@@ -110,6 +110,23 @@ class CredentialRef(fields.Dict):
         return result
 
 
+class Discriminated(fields.Field):
+    """A nested document whose schema is chosen by one of its fields (``method``, ``kind``)."""
+
+    def __init__(self, discriminator: str, schemas: Mapping[str, type[Schema]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.discriminator = discriminator
+        self.schemas = dict(schemas)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict:
+        if not isinstance(value, Mapping):
+            raise validate.ValidationError(f"Must be an object with a {self.discriminator!r}.")
+        schema = self.schemas.get(str(value.get(self.discriminator)))
+        if schema is None:
+            raise validate.ValidationError({self.discriminator: [f"Must be one of: {', '.join(self.schemas)}."]})
+        return schema().load(value)
+
+
 class ConnectionSchema(Schema):
     """Fields every connection document has, whatever its type."""
 
@@ -160,6 +177,18 @@ class SecretProvider(abc.ABC):
 
     def close(self) -> None:
         """Release clients and connections."""
+
+
+def expires_soon(
+    secret: SecretValue, now: dt.datetime | None = None, within: dt.timedelta = dt.timedelta(days=14)
+) -> bool:
+    """Whether ``secret`` expires (or has expired) within ``within`` of ``now``."""
+    if secret.expires_at is None:
+        return False
+    expires_at = secret.expires_at
+    if expires_at.tzinfo is None:
+        expires_at = expires_at.replace(tzinfo=dt.timezone.utc)
+    return expires_at - (now or dt.datetime.now(dt.timezone.utc)) <= within
 
 
 def secret_allowed(name: str, patterns: list[str]) -> bool:

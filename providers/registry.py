@@ -8,7 +8,7 @@ from typing import Any, Iterable
 
 from marshmallow import Schema, fields
 
-from providers.base import CredentialRef, SecretProvider
+from providers.base import CredentialRef, Discriminated, SecretProvider
 
 GROUP = "smtpconf.secret_providers"
 log = logging.getLogger("providers.registry")
@@ -94,6 +94,8 @@ def _field_schema(field: fields.Field) -> dict[str, Any]:
             "properties": {k: {"type": "string"} for k in ("env", "file", "internal")},
             "additionalProperties": False,
         }
+    elif isinstance(field, Discriminated):
+        out = {"oneOf": [json_schema(schema()) for schema in field.schemas.values()]}
     elif isinstance(field, fields.Nested):
         nested = field.schema
         out = json_schema(nested)

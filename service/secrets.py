@@ -23,6 +23,8 @@ from providers.base import (
     ProviderUnavailable,
     SecretNotAllowed,
     SecretProvider,
+    SecretValue,
+    expires_soon,
     secret_allowed,
 )
 from providers.cache import CacheKey, SecretCache
@@ -276,7 +278,7 @@ class SecretsService:
         if resolved.stale:
             fields["password_stale"] = True
             warnings.append("password_stale")
-        if resolved.expires_at is not None and expires_within(resolved.expires_at, EXPIRY_WARNING):
+        if expires_soon(SecretValue("", resolved.version, resolved.expires_at), within=EXPIRY_WARNING):
             warnings.append("password_expires_soon")
         if warnings:
             fields["warnings"] = warnings
@@ -369,9 +371,3 @@ def secret_label(reference: Mapping[str, Any]) -> str:
     parts = [connection_name(reference), reference.get("secret") or reference.get("path"), reference.get("key")]
     parts += [reference.get("safe"), reference.get("object")]
     return "/".join(str(p) for p in parts if p)
-
-
-def expires_within(expires_at: dt.datetime, window: dt.timedelta) -> bool:
-    if expires_at.tzinfo is None:
-        expires_at = expires_at.replace(tzinfo=dt.timezone.utc)
-    return expires_at - dt.datetime.now(dt.timezone.utc) < window

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from service import audit
 from service.crypto import KeyRing
 from service.db import Database, ServiceState, SmtpSettings, utcnow
-from service.errors import ApiError, NotFound, PreconditionFailed, ValidationFailed
+from service.errors import NotFound, PreconditionFailed, ValidationFailed
 from service.schemas import SETTINGS_FIELDS, SYSTEM_DEFAULTS, credential_errors, load_settings
 
 SYSTEM_SCOPE = "system"

@@ -18,6 +18,7 @@ from marshmallow import ValidationError
 
 from providers.azure_key_vault import CHECK_SECRET, AzureKeyVaultProvider
 from providers.base import (
+    expires_soon,
     ProviderAuthError,
     ProviderContext,
     ProviderError,
@@ -431,19 +432,19 @@ def test_fetch_reports_expiry_and_flags_secrets_expiring_within_14_days(vault: F
     soon, later, never = (provider.fetch(reference(name)) for name in ("smtp-soon", "smtp-later", "smtp-never"))
 
     assert soon.expires_at == now + dt.timedelta(days=10)
-    assert AzureKeyVaultProvider.expires_soon(soon) is True
-    assert AzureKeyVaultProvider.expires_soon(later) is False
-    assert never.expires_at is None and AzureKeyVaultProvider.expires_soon(never) is False
+    assert expires_soon(soon) is True
+    assert expires_soon(later) is False
+    assert never.expires_at is None and expires_soon(never) is False
 
 
 def test_expires_soon_counts_expired_secrets_and_honours_now_and_within() -> None:
     now = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
     expiring = SecretValue("x", expires_at=now + dt.timedelta(days=14))
 
-    assert AzureKeyVaultProvider.expires_soon(expiring, now=now) is True
-    assert AzureKeyVaultProvider.expires_soon(expiring, now=now - dt.timedelta(seconds=1)) is False
-    assert AzureKeyVaultProvider.expires_soon(expiring, now=now, within=dt.timedelta(days=7)) is False
-    assert AzureKeyVaultProvider.expires_soon(expiring, now=now + dt.timedelta(days=30)) is True
+    assert expires_soon(expiring, now=now) is True
+    assert expires_soon(expiring, now=now - dt.timedelta(seconds=1)) is False
+    assert expires_soon(expiring, now=now, within=dt.timedelta(days=7)) is False
+    assert expires_soon(expiring, now=now + dt.timedelta(days=30)) is True
 
 
 def test_check_passes_when_the_vault_accepts_the_token_whatever_it_says_of_the_sentinel(
