@@ -19,6 +19,7 @@ from cryptography import x509
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from providers.base import (
+    Discriminated,
     ConnectionSchema,
     CredentialRef,
     ProviderAuthError,
@@ -116,18 +117,6 @@ AUTH_SCHEMAS: dict[str, type[Schema]] = {
 }
 
 
-class VaultAuth(fields.Field):
-    """An auth document, validated by the schema in ``AUTH_SCHEMAS`` that its ``method`` names."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict[str, Any]:
-        if not isinstance(value, Mapping):
-            raise ValidationError("Must be an object.")
-        schema = AUTH_SCHEMAS.get(value.get("method"))  # type: ignore[arg-type]
-        if schema is None:
-            raise ValidationError({"method": [f"Must be one of: {', '.join(AUTH_SCHEMAS)}."]})
-        return schema().load(value)
-
-
 class HashiCorpVaultConnectionSchema(ConnectionSchema):
     """A connection to one KV mount of a Vault server."""
 
@@ -139,7 +128,7 @@ class HashiCorpVaultConnectionSchema(ConnectionSchema):
     namespace = fields.String(load_default=None, allow_none=True, validate=_validate_path)
     mount = fields.String(load_default="secret", validate=_validate_path)
     kv_version = fields.Integer(load_default=2, validate=validate.OneOf([1, 2]))
-    auth = VaultAuth(required=True)
+    auth = Discriminated("method", AUTH_SCHEMAS, required=True)
     ca_certificate_pem = fields.String(load_default=None, allow_none=True, validate=_validate_ca_pem)
     timeout_seconds = fields.Float(load_default=5.0, validate=validate.Range(min=0, max=60, min_inclusive=False))
 

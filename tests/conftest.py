@@ -11,8 +11,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from service.app import create_app
-from service.tokens import ROLES, create_token
-from tests.fixtures.postgres import postgres  # noqa: F401  (session fixture)
+from service.tokens import create_token
+
+pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.openbao", "tests.fixtures.cyberark_ccp"]
 
 MASTER_KEY = base64.b64encode(b"k" * 32).decode()
 

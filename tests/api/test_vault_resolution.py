@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.fixtures.openbao import openbao  # noqa: F401  (session fixture)
 
 CANARY = "canary-vault-5c2d90-do-not-leak"
 _names = itertools.count()

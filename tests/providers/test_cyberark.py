@@ -24,13 +24,7 @@ from providers.base import (
     SecretNotFound,
 )
 from providers.cyberark import CHECK_OBJECT, CHECK_SAFE, CyberArkProvider
-from tests.fixtures.cyberark_ccp import (  # noqa: F401  (fixtures used by name)
-    APP_ID,
-    CLIENT_COMMON_NAME,
-    CcpServer,
-    cyberark_ccp,
-    cyberark_ccp_server,
-)
+from tests.fixtures.cyberark_ccp import APP_ID, CLIENT_COMMON_NAME, CcpServer
 from tests.providers.contract import CANARY, ProviderContract
 
 
