@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import math
 import threading
 import time
@@ -12,7 +13,7 @@ from marshmallow import ValidationError
 
 from service import smtp_check
 from service.errors import ApiError, ValidationFailed
-from service.schemas import SYSTEM_DEFAULTS, check_address, load_settings
+from service.schemas import SYSTEM_DEFAULTS, check_address, credential_errors, load_settings
 from service.secrets import PasswordUnavailable, SecretsService, password_scope
 from service.settings import DESTINATION_FIELDS, SYSTEM_SCOPE, Effective, SettingsService, StoredSettings
 from service.observability import SMTP_CHECKS
@@ -124,7 +125,14 @@ class CheckService:
         if password is not None and password.get("source") == "plaintext" and "value" not in password:
             loaded["password"] = self._stored_plaintext(tenant, loaded, stored, system)
         candidate = StoredSettings(scope, loaded, 0, _epoch(), "candidate")
-        return SettingsService.merge(system, candidate, tenant) if tenant is not None else SettingsService.merge(candidate, None, None)
+        if tenant is None:
+            effective = SettingsService.merge(candidate, None, None)
+        else:
+            effective = SettingsService.merge(system, candidate, tenant)
+        errors = credential_errors(effective.document)
+        if errors:
+            raise ValidationFailed(errors={"settings": errors})
+        return effective
 
     def _stored_plaintext(
         self, tenant: str | None, loaded: dict[str, Any], stored: StoredSettings | None, system: StoredSettings | None
@@ -180,7 +188,5 @@ class CheckService:
         return get
 
 
-def _epoch() -> Any:
-    import datetime as dt
-
+def _epoch() -> dt.datetime:
     return dt.datetime.fromtimestamp(0, dt.timezone.utc)

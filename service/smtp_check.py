@@ -13,13 +13,14 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email import policy as email_policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import idna
 from cryptography import x509
@@ -46,11 +47,13 @@ DEFAULT_DENIED: tuple[IPNetwork, ...] = tuple(
 )
 
 _MAX_LINE = 8192
+# After a refusal the verdict is known; a tarpitting server may stall every later reply.
+_QUIT_GRACE_SECONDS = 1.0
 _MAX_REPLY_LINES = 256
 _REPLY_LINE = re.compile(r"(\d{3})(?:([ -])(.*))?")
 # "AUTH=LOGIN PLAIN" is the pre-RFC 4954 spelling some servers still send.
 _EXTENSION_SEPARATOR = re.compile(r"[ =]")
-_CONTROL_CHARACTERS = dict.fromkeys([*range(0, 9), *range(10, 32), 127], "\ufffd")
+_CONTROL_CHARACTERS = dict.fromkeys([*range(9), *range(10, 32), 127], "\ufffd")
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,8 @@ class _Reply:
 @functools.lru_cache(maxsize=32)
 def _tls_context(ca_pem: str | None, skip_verify: bool) -> ssl.SSLContext:
     # Loading the system store costs about 20 ms, more than a whole loopback
-    # check; contexts are never changed once built and are safe to share.
+    # check, so it is read once per process; contexts are never changed once
+    # built and are safe to share between threads.
     context = ssl.create_default_context()
     if ca_pem:
         context.load_verify_locations(cadata=ca_pem)
@@ -207,7 +211,7 @@ def _tls_context(ca_pem: str | None, skip_verify: bool) -> ssl.SSLContext:
 
 
 def _system_resolver(host: str, port: int) -> list[str]:
-    return [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+    return [str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
 
 
 class _LookupThreads:
@@ -215,8 +219,8 @@ class _LookupThreads:
 
     A lookup that outlives its deadline keeps its thread (and is dropped when it
     ends); the next lookup gets another thread, so a stuck lookup never holds up
-    others. Threads that finish wait for more work: starting one per check cost
-    more (~0.4 ms) than the rest of a loopback STARTTLS check's client side.
+    others. Threads that finish wait for more work: starting one per check added
+    about 0.4 ms (15 %) to a loopback STARTTLS validation.
     """
 
     _KEEP_IDLE = 4
@@ -248,7 +252,7 @@ class _LookupThreads:
             function, args, outcome = inbox.get()
             try:
                 result = (True, function(*args))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 -- handed to the caller, who re-raises it
                 result = (False, exc)
             with self._lock:
                 keep = len(self._idle) < self._KEEP_IDLE
@@ -299,6 +303,7 @@ class _Connection:
         self._sock = sock
         self._check = check
         self._buffer = bytearray()
+        self._quit_by: float | None = None
         address = sock.getsockname()[0]
         self.local_name = f"[IPv6:{address}]" if ":" in address else f"[{address}]"
 
@@ -333,13 +338,14 @@ class _Connection:
             # Plaintext queued behind the STARTTLS reply would be read as if it had
             # come over TLS (the STARTTLS command injection attack).
             raise _Failure("protocol_error", "The server sent data ahead of the TLS handshake.", polite=False)
-        self._sock.settimeout(self._check.remaining())
+        self._sock.settimeout(self._remaining())
         tls = context.wrap_socket(self._sock, server_hostname=server_hostname, do_handshake_on_connect=False)
         self._sock = tls
         tls.do_handshake()
         return tls
 
     def quit_quietly(self) -> None:
+        self._quit_by = time.monotonic() + _QUIT_GRACE_SECONDS
         try:
             self.command("QUIT")
         except (OSError, _Failure):
@@ -348,20 +354,28 @@ class _Connection:
     def close(self) -> None:
         self._sock.close()
 
+    def _remaining(self) -> float:
+        left = self._check.remaining()
+        if self._quit_by is not None:
+            left = min(left, self._quit_by - time.monotonic())
+            if left <= 0:
+                raise TimeoutError("no answer to QUIT")
+        return left
+
     def _sendall(self, data: bytes) -> None:
-        self._sock.settimeout(self._check.remaining())
+        self._sock.settimeout(self._remaining())
         self._sock.sendall(data)
 
     def _readline(self) -> bytes:
         while True:
-            end = self._buffer.find(b"\n")
+            end = self._buffer.find(b"\n", 0, _MAX_LINE)
             if end >= 0:
                 line = bytes(self._buffer[: end + 1])
                 del self._buffer[: end + 1]
                 return line
-            if len(self._buffer) > _MAX_LINE:
+            if len(self._buffer) >= _MAX_LINE:
                 raise _Failure("protocol_error", "The server sent a line longer than any SMTP reply.", polite=False)
-            self._sock.settimeout(self._check.remaining())
+            self._sock.settimeout(self._remaining())
             chunk = self._sock.recv(65536)
             if not chunk:
                 raise _Failure("protocol_error", "The server closed the connection unexpectedly.", polite=False)
@@ -415,7 +429,7 @@ class _Check:
                 "smtp_code": reply.code if reply else None,
                 "smtp_message": self._redact(reply.text) if reply else None,
             }
-        elapsed_ms = int(round((time.monotonic() - self._started) * 1000))
+        elapsed_ms = round((time.monotonic() - self._started) * 1000)
         log.info(
             "SMTP check of %s port %s: %s at stage %s after %d ms",
             self.host, self.port, error["code"] if error else "ok", self.stage, elapsed_ms,
@@ -498,7 +512,7 @@ class _Check:
         addresses = [self.literal] if self.literal else self._resolve()
         for address in addresses:
             network = self.request.policy.denied_network(address)
-            if False:
+            if network is not None:
                 named = address if self.literal else f"{self.host} ({address})"
                 raise _Failure("destination_not_allowed", f"{named} is in the denied network {network}.")
         return addresses
@@ -611,11 +625,14 @@ class _Check:
         reply = connection.command(f"EHLO {connection.local_name}")
         if reply.code == 250:
             lines = [line.strip() for line in reply.lines[1:] if line.strip()]
-        else:
+        elif reply.code // 100 == 5:
+            # A permanent refusal of EHLO is how a pre-ESMTP server answers.
             reply = connection.command(f"HELO {connection.local_name}")
             if reply.code != 250:
                 raise _Failure("protocol_error", "The server refused both EHLO and HELO.", reply)
             lines = []
+        else:
+            raise _Failure("protocol_error", "The server refused EHLO.", reply)
         self._offered = {}
         for line in lines:
             keyword, params = (_EXTENSION_SEPARATOR.split(line, maxsplit=1) + [""])[:2]
@@ -691,7 +708,7 @@ class _Check:
         service = _one_line(self.request.service_name)
         scope = _one_line(self.request.scope)
         message = EmailMessage()
-        message["Date"] = format_datetime(datetime.now(timezone.utc))
+        message["Date"] = format_datetime(datetime.now(UTC))
         message["Message-ID"] = make_msgid(domain=from_email.rpartition("@")[2])
         message["From"] = Address(display_name=_one_line(self.request.settings.get("from_name") or ""), addr_spec=from_email)
         if reply_to:

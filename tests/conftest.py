@@ -13,7 +13,12 @@ from flask.testing import FlaskClient
 from service.app import create_app
 from service.tokens import create_token
 
-pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.openbao", "tests.fixtures.cyberark_ccp"]
+pytest_plugins = [
+    "tests.fixtures.postgres",
+    "tests.fixtures.openbao",
+    "tests.fixtures.cyberark_ccp",
+    "tests.fixtures.smtp_servers",
+]
 
 MASTER_KEY = base64.b64encode(b"k" * 32).decode()
 

@@ -8,18 +8,7 @@ import time
 import pytest
 
 from tests.conftest import Tokens
-from tests.fixtures.smtp_servers import (  # noqa: F401  (fixtures)
-    PASSWORD,
-    USERNAME,
-    fresh_smtp_records,
-    plain_smtp_server,
-    silent_server,
-    smtp_ca,
-    smtp_ca_pem,
-    smtp_server_pool,
-    starttls_smtp_server,
-    stripping_smtp_server,
-)
+from tests.fixtures.smtp_servers import PASSWORD, USERNAME
 
 CANARY = "canary-smtp-3b8e1d-do-not-leak"
 
@@ -194,3 +183,13 @@ def test_checks_are_rate_limited_per_token(make_app, plain_smtp_server):
     assert int(limited.headers["Retry-After"]) >= 1
     other = client.post("/v1/smtp/validate", json=settings, headers=tokens.headers("admin", "reader"))
     assert other.status_code == 200
+
+
+def test_candidate_with_a_username_and_no_password_is_422(lab, plain_smtp_server):
+    app, client, tokens = lab
+    system = {"host": "127.0.0.1", "port": plain_smtp_server.port, "security": "none", "from_email": "a@example.com",
+              "username": "u", "password": {"source": "plaintext", "value": "p"}}
+    client.put("/v1/smtp", json=system, headers=tokens.headers("admin"))
+    response = client.post("/v1/tenants/t1/smtp/validate", json={"settings": {"password": None}}, headers=tokens.headers("admin"))
+    assert response.status_code == 422
+    assert "password" in response.json["errors"]["settings"]
