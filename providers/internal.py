@@ -6,7 +6,16 @@ from typing import Any, Mapping
 
 from marshmallow import RAISE, fields, validate
 
-from providers.base import ConnectionSchema, ProviderMisconfigured, ReferenceSchema, SecretProvider, SecretValue
+from providers.base import (
+    ConnectionSchema,
+    ProviderMisconfigured,
+    ReferenceSchema,
+    SecretNotFound,
+    SecretProvider,
+    SecretValue,
+)
+
+CHECK_SECRET = "smtpconf-check/does-not-exist"
 
 
 class InternalConnectionSchema(ConnectionSchema):
@@ -45,5 +54,10 @@ class InternalProvider(SecretProvider):
         return store.read(reference["secret"], reference.get("version"))
 
     def check(self) -> None:
-        if self.context.internal_store is None:
+        store = self.context.internal_store
+        if store is None:
             raise ProviderMisconfigured("the internal store is not available here")
+        try:
+            store.read(CHECK_SECRET)
+        except SecretNotFound:
+            pass  # the store answered: that is all a check asks

@@ -7,7 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from providers.base import SecretNotFound, SecretValue
+from providers.base import ProviderAuthError, ProviderUnavailable, SecretNotFound, SecretValue
 from service import audit
 from service.crypto import DecryptionError, KeyRing
 from service.db import Database, InternalSecret, InternalSecretVersion, SmtpSettings, utcnow
@@ -120,20 +120,24 @@ class InternalStore:
 
     def read(self, name: str, version: int | None = None) -> SecretValue:
         """The value of a version (latest by default), for resolution and credentials."""
-        with self.db.read() as session:
-            query = sa.select(InternalSecretVersion).where(InternalSecretVersion.name == name)
-            if version is None:
-                query = query.order_by(InternalSecretVersion.version.desc()).limit(1)
-            else:
-                query = query.where(InternalSecretVersion.version == version)
-            row = session.scalars(query).first()
+        query = sa.select(InternalSecretVersion).where(InternalSecretVersion.name == name)
+        if version is None:
+            query = query.order_by(InternalSecretVersion.version.desc()).limit(1)
+        else:
+            query = query.where(InternalSecretVersion.version == version)
+        try:
+            with self.db.read() as session:
+                row = session.scalars(query).first()
+        except sa.exc.OperationalError:
+            raise ProviderUnavailable("the database holding the internal store cannot be reached") from None
         if row is None:
             which = f"version {version} of " if version is not None else ""
             raise SecretNotFound(f"{which}internal secret {name!r} does not exist")
         try:
             value = self.keyring.decrypt(row.ciphertext, internal_secret_context(row.name, row.version))
         except DecryptionError as exc:
-            raise SecretNotFound(f"internal secret {name!r} cannot be decrypted: {exc}") from None
+            # The master keys are the service's credential to its own store.
+            raise ProviderAuthError(f"internal secret {name!r} cannot be decrypted: {exc}") from None
         return SecretValue(value=value, version=str(row.version))
 
     @staticmethod
