@@ -182,6 +182,7 @@ class SettingsService:
             merged = {**SYSTEM_DEFAULTS, **(system.document if system else {}), **stored.document}
             body["inherited"] = [name for name in SETTINGS_FIELDS if name not in stored.document]
             body["warnings"] = warnings_for(merged)
+        body = {**{name: body[name] for name in SETTINGS_FIELDS if name in body}, **body}
         body["version"] = stored.version
         body["updated_at"] = _timestamp(stored.updated_at)
         body["updated_by"] = stored.updated_by
