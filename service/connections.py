@@ -11,9 +11,9 @@ from marshmallow import ValidationError
 
 from providers.registry import ProviderRegistry
 from service import audit
-from service.db import Database, SecretProviderConnection, SmtpSettings, utcnow
+from service.db import Database, SecretProviderConnection, utcnow
 from service.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
-from service.settings import _etag, _timestamp, bump_generation, etag_matches
+from service.settings import _etag, _timestamp, bump_generation, etag_matches, scopes_whose_password
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 INTERNAL = "internal"
@@ -154,10 +154,7 @@ def view(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _settings_using(session: Any, name: str) -> list[str]:
-    users = []
-    for scope, document in session.execute(sa.select(SmtpSettings.scope, SmtpSettings.document)):
-        password = document.get("password") or {}
-        connection = INTERNAL if password.get("source") == INTERNAL else password.get("provider")
-        if connection == name:
-            users.append(scope)
-    return users
+    def uses(password: dict[str, Any]) -> bool:
+        return (INTERNAL if password.get("source") == INTERNAL else password.get("provider")) == name
+
+    return scopes_whose_password(session, uses)

@@ -10,9 +10,10 @@ import sqlalchemy as sa
 from providers.base import ProviderAuthError, ProviderUnavailable, SecretNotFound, SecretValue
 from service import audit
 from service.crypto import DecryptionError, KeyRing
-from service.db import Database, InternalSecret, InternalSecretVersion, SmtpSettings, utcnow
+from service.db import Database, InternalSecret, InternalSecretVersion, utcnow
 from service.errors import Conflict, NotFound, ValidationFailed
 from service.rotation import internal_secret_context
+from service.settings import scopes_whose_password
 
 NAME = re.compile(r"^(?!.*//)(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._/-]{0,255}(?<!/)$")
 MAX_VALUE_LENGTH = 8192
@@ -152,9 +153,4 @@ class InternalStore:
 
 
 def _settings_referencing(session: Any, name: str) -> list[str]:
-    users = []
-    for scope, document in session.execute(sa.select(SmtpSettings.scope, SmtpSettings.document)):
-        password = document.get("password") or {}
-        if password.get("source") == "internal" and password.get("secret") == name:
-            users.append(scope)
-    return users
+    return scopes_whose_password(session, lambda p: p.get("source") == "internal" and p.get("secret") == name)

@@ -334,6 +334,15 @@ def bump_generation(session: Session, key: str) -> None:
     session.execute(sa.update(ServiceState).where(ServiceState.key == key).values(value=ServiceState.value + 1))
 
 
+def scopes_whose_password(session: Session, matches: Callable[[dict[str, Any]], bool]) -> list[str]:
+    """The settings levels whose password reference ``matches``."""
+    return [
+        scope
+        for scope, document in session.execute(sa.select(SmtpSettings.scope, SmtpSettings.document))
+        if document.get("password") and matches(document["password"])
+    ]
+
+
 def read_generations(session: Session) -> dict[str, int]:
     return {row.key: row.value for row in session.execute(sa.select(ServiceState.key, ServiceState.value))}
 

@@ -72,3 +72,27 @@ def test_token_create_prints_the_token_last_and_stores_only_its_hash(tmp_path):
         env=env, capture_output=True, text=True, timeout=60,
     )
     assert bad.returncode == 2 and "unknown role" in bad.stderr
+
+
+def test_rotate_master_key_command_re_encrypts_under_the_first_key(tmp_path):
+    import base64
+    import os
+
+    from service.crypto import KeyRing
+    from service.db import Database, SmtpSettings
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    with RunningService(service_env(url, MASTER_KEY), workers=1) as server:
+        admin = {"Authorization": f"Bearer {server.token('admin', 'admin')}"}
+        assert requests.put(server.url + "/v1/smtp", json=SYSTEM_SETTINGS, headers=admin, timeout=10).status_code == 200
+    new_key = base64.b64encode(os.urandom(32)).decode()
+    done = subprocess.run(
+        [sys.executable, "-m", "service.cli", "rotate-master-key"],
+        env=service_env(url, f"{new_key},{MASTER_KEY}"), capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "1 plaintext password" in done.stdout
+    db = Database(url)
+    with db.read() as session:
+        sealed = session.get(SmtpSettings, "system").document["password"]["ciphertext"]
+    assert KeyRing.key_id_of(sealed) == KeyRing([base64.b64decode(new_key)]).primary_id
