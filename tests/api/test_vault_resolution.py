@@ -154,3 +154,25 @@ def test_canary_from_openbao_never_leaks(app, client, tokens, openbao, vault, ca
     for response in others:
         assert CANARY not in response.get_data(as_text=True)
     assert CANARY not in caplog.text
+
+
+def test_invalidation_and_settings_change_through_one_instance_reach_another_within_two_seconds(make_app, openbao, vault):
+    first, second = make_app(secret_sync_interval_seconds=0.5), make_app(secret_sync_interval_seconds=0.5)
+    tokens = Tokens(first)
+    a, b = first.test_client(), second.test_client()
+    openbao.write_secret(vault, "mail/smtp", {"password": "before"})
+    configure(a, tokens, openbao, vault)
+    assert effective(b, tokens).json["password"] == "before"
+    openbao.write_secret(vault, "mail/smtp", {"password": "after"})
+    a.post("/v1/secret-cache/invalidate", json={"provider": "corp-vault"}, headers=tokens.headers("security"))
+    settings = a.get("/v1/smtp", headers=tokens.headers("admin")).json
+    document = {k: v for k, v in settings.items() if k not in ("version", "updated_at", "updated_by", "warnings")}
+    a.put("/v1/smtp", json={**document, "from_name": "Changed through A"}, headers=tokens.headers("admin"))
+    deadline = time.monotonic() + 2
+    seen = {}
+    while time.monotonic() < deadline:
+        seen = effective(b, tokens).json
+        if seen["password"] == "after" and seen["from_name"] == "Changed through A":
+            break
+        time.sleep(0.1)
+    assert seen["password"] == "after" and seen["from_name"] == "Changed through A"
