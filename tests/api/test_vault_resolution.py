@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tests.conftest import Tokens
+
 
 CANARY = "canary-vault-5c2d90-do-not-leak"
 _names = itertools.count()
