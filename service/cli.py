@@ -127,6 +127,10 @@ def run_gunicorn(bind: str, workers: int) -> None:
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("child_exit", child_exit)
             self.cfg.set("accesslog", None)
+            if "control_socket_disable" in self.cfg.settings:
+                # gunicorn 27's control socket sits at one path per user, shared
+                # by every instance the user starts; the service does not use it.
+                self.cfg.set("control_socket_disable", True)
 
         def load(self) -> Any:
             from service.wsgi import app
