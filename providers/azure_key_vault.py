@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import threading
-from typing import Any, Callable, ClassVar, Mapping
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
-from azure.core.credentials import TokenCredential
-from azure.core.exceptions import (
-    AzureError,
-    ClientAuthenticationError,
-    HttpResponseError,
-    ServiceRequestError,
-    ServiceResponseError,
-)
-from azure.identity import (
-    ClientSecretCredential,
-    DefaultAzureCredential,
-    ManagedIdentityCredential,
-    WorkloadIdentityCredential,
-)
-from azure.keyvault.secrets import SecretClient
 from marshmallow import Schema, ValidationError, fields, validate
 
 from providers.base import (
@@ -37,6 +24,34 @@ from providers.base import (
     SecretProvider,
     SecretValue,
 )
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+    from azure.keyvault.secrets import SecretClient
+
+
+@functools.cache
+def _sdk() -> SimpleNamespace:
+    """The Azure SDK, imported when a Key Vault connection is first used: a worker
+    that never reads Key Vault does not carry it."""
+    from azure.core import exceptions
+    from azure.identity import (
+        ClientSecretCredential,
+        DefaultAzureCredential,
+        ManagedIdentityCredential,
+        WorkloadIdentityCredential,
+    )
+    from azure.keyvault.secrets import SecretClient
+
+    return SimpleNamespace(
+        errors=exceptions,
+        SecretClient=SecretClient,
+        ClientSecretCredential=ClientSecretCredential,
+        DefaultAzureCredential=DefaultAzureCredential,
+        ManagedIdentityCredential=ManagedIdentityCredential,
+        WorkloadIdentityCredential=WorkloadIdentityCredential,
+    )
+
 
 #: What ``check()`` reads. It need not exist: "not found" (or "forbidden") from
 #: the vault proves that it was reached and accepted the service's token.
@@ -98,9 +113,9 @@ class AzureKeyVaultConnectionSchema(ConnectionSchema):
 
     vault_url = fields.Url(required=True, schemes={"https"})
     credential = Discriminated("kind", CREDENTIAL_KINDS, load_default=lambda: {"kind": "default"})
-    timeout_seconds = fields.Integer(load_default=5, validate=validate.Range(min=1, max=120))
+    timeout_seconds = fields.Integer(strict=True, load_default=5, validate=validate.Range(min=1, max=120))
     #: Retries of one request (vault or token endpoint) after a transient failure.
-    max_retries = fields.Integer(load_default=2, validate=validate.Range(min=0, max=10))
+    max_retries = fields.Integer(strict=True, load_default=2, validate=validate.Range(min=0, max=10))
 
 
 class AzureKeyVaultReferenceSchema(ReferenceSchema):
@@ -191,7 +206,7 @@ class AzureKeyVaultProvider(SecretProvider):
         try:
             client = self._secret_client()
             return operation(client)
-        except (AzureError, ValueError, OSError) as exc:
+        except (_sdk().errors.AzureError, ValueError, OSError) as exc:
             error = _translate(exc, name)
             if isinstance(error, ProviderAuthError):
                 # Forget the credential, so that the next call resolves it again
@@ -217,7 +232,7 @@ class AzureKeyVaultProvider(SecretProvider):
                     "retry_total": settings["max_retries"],
                 }
                 self._credential = _build_credential(settings["credential"], self.context, pipeline)
-                self._client = SecretClient(settings["vault_url"], self._credential, **pipeline)
+                self._client = _sdk().SecretClient(settings["vault_url"], self._credential, **pipeline)
             return self._client
 
 
@@ -240,11 +255,11 @@ def _build_credential(
             raise ProviderMisconfigured(
                 f"client_secret ({kind_of_ref} reference) could not be read ({type(exc).__name__})."
             ) from exc
-        return ClientSecretCredential(
+        return _sdk().ClientSecretCredential(
             settings["tenant_id"], settings["client_id"], client_secret, **authority, **pipeline
         )
     if kind == "workload_identity":
-        return WorkloadIdentityCredential(
+        return _sdk().WorkloadIdentityCredential(
             tenant_id=settings["tenant_id"],
             client_id=settings["client_id"],
             token_file_path=settings["token_file"],
@@ -252,8 +267,8 @@ def _build_credential(
             **pipeline,
         )
     if kind == "managed_identity":
-        return ManagedIdentityCredential(client_id=settings.get("client_id"), **pipeline)
-    return DefaultAzureCredential(
+        return _sdk().ManagedIdentityCredential(client_id=settings.get("client_id"), **pipeline)
+    return _sdk().DefaultAzureCredential(
         managed_identity_client_id=settings.get("managed_identity_client_id"), **authority, **pipeline
     )
 
@@ -262,9 +277,10 @@ def _translate(exc: BaseException, name: str) -> ProviderError:
     what = f"Key Vault secret {name!r}"
     if _transport_failure(exc):
         return ProviderUnavailable(f"Azure could not be reached while reading {what} ({_first_line(exc)}).")
-    if isinstance(exc, ClientAuthenticationError):
+    errors = _sdk().errors
+    if isinstance(exc, errors.ClientAuthenticationError):
         return ProviderAuthError(f"Azure refused the service's credential while reading {what}: {_first_line(exc)}")
-    if isinstance(exc, HttpResponseError):
+    if isinstance(exc, errors.HttpResponseError):
         status = exc.status_code or 0
         code = getattr(exc.error, "code", None) or ""
         inner = (getattr(exc.error, "innererror", None) or {}).get("code") or ""
@@ -293,7 +309,7 @@ def _transport_failure(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, (ServiceRequestError, ServiceResponseError)):
+        if isinstance(current, (_sdk().errors.ServiceRequestError, _sdk().errors.ServiceResponseError)):
             return True
         current = current.__cause__ or current.__context__
     return False

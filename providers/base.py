@@ -132,8 +132,9 @@ class ConnectionSchema(Schema):
 
     type = fields.String(required=True)
     allowed_secrets = fields.List(fields.String(validate=validate.Length(min=1, max=512)), load_default=list)
-    cache_ttl_seconds = fields.Integer(load_default=300, validate=validate.Range(min=0, max=86400))
-    max_stale_seconds = fields.Integer(load_default=86400, validate=validate.Range(min=0, max=30 * 86400))
+    # strict: a non-strict Integer reads "300" and truncates 1.5 to 1 without a word.
+    cache_ttl_seconds = fields.Integer(strict=True, load_default=300, validate=validate.Range(min=0, max=86400))
+    max_stale_seconds = fields.Integer(strict=True, load_default=86400, validate=validate.Range(min=0, max=30 * 86400))
 
 
 class ReferenceSchema(Schema):

@@ -60,6 +60,8 @@ class _Entry:
     flight: _Flight | None = None
     retry_after: float = float("-inf")
     last_error: ProviderUnavailable | None = None
+    #: The fresh-hit answer for ``secret``, built once: hits are most calls.
+    hit: Resolution | None = None
 
 
 class SecretCache:
@@ -131,7 +133,9 @@ class SecretCache:
         with self._lock:
             now = self._clock()
             wall_now = self._wall()
-            entry = self._entries.setdefault(key, _Entry())
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = self._entries[key] = _Entry()
             if not refresh and self._is_fresh(entry, now, ttl, wall_now):
                 self._stats["hits"] += 1
                 return self._cached(entry, stale=False)
@@ -227,6 +231,7 @@ class SecretCache:
                 return stale
             with self._lock:
                 entry.secret = secret
+                entry.hit = None
                 entry.fetched_mono = started_mono
                 entry.fetched_wall = started_wall
                 entry.ttl = ttl
@@ -249,7 +254,7 @@ class SecretCache:
         with self._lock:
             self._stats["failures"] += 1
             if isinstance(exc, (SecretNotFound, SecretNotAllowed)):
-                entry.secret = None
+                entry.secret = entry.hit = None
             if not isinstance(exc, ProviderUnavailable):
                 self._forget_if_empty(key, entry)
                 return None
@@ -280,7 +285,11 @@ class SecretCache:
 
     def _cached(self, entry: _Entry, *, stale: bool) -> Resolution:
         assert entry.secret is not None
-        return Resolution(entry.secret, fetched_at=entry.fetched_wall, stale=stale, from_cache=True)
+        if stale:
+            return Resolution(entry.secret, fetched_at=entry.fetched_wall, stale=True, from_cache=True)
+        if entry.hit is None:
+            entry.hit = Resolution(entry.secret, fetched_at=entry.fetched_wall, stale=False, from_cache=True)
+        return entry.hit
 
 
 def _expired(secret: SecretValue, wall_now: float) -> bool:

@@ -8,9 +8,8 @@ import ssl
 import tempfile
 import threading
 import weakref
-from typing import Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-import requests
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from providers.base import (
@@ -26,6 +25,9 @@ from providers.base import (
     SecretProvider,
     SecretValue,
 )
+
+if TYPE_CHECKING:
+    import requests
 
 ACCOUNTS_PATH = "/AIMWebService/api/Accounts"
 
@@ -77,7 +79,7 @@ class CyberArkConnectionSchema(ConnectionSchema):
     client_key = CredentialRef(load_default=None, allow_none=True)
     #: CA certificate(s) to trust for the CCP server instead of the system store.
     ca_certificate_pem = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=65536))
-    timeout_seconds = fields.Integer(load_default=5, validate=validate.Range(min=1, max=120))
+    timeout_seconds = fields.Integer(strict=True, load_default=5, validate=validate.Range(min=1, max=120))
 
     @validates_schema
     def _key_needs_certificate(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -208,6 +210,8 @@ class CyberArkProvider(SecretProvider):
 
 def _ask_ccp(session: _CcpSession, query: dict[str, str], what: str) -> dict[str, Any]:
     """The one place CCP is called and its failures become ``ProviderError``."""
+    import requests  # loaded by the session already; see _CcpSession
+
     settings = session.settings
     try:
         response = session.http.get(
@@ -284,6 +288,10 @@ class _CcpSession:
     """A requests session plus the private files that hold the TLS material."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
+        # requests is imported when a CyberArk connection is first used: a worker
+        # that never reads CyberArk does not carry it.
+        import requests
+
         self.settings = settings
         self.http = requests.Session()
         self.verify: bool | str = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import tempfile
@@ -10,11 +11,9 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import hvac
-import hvac.exceptions
-import requests
 from cryptography import x509
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
@@ -41,15 +40,35 @@ KUBERNETES_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 #: A token is renewed (or replaced by a new login) once this fraction of its lease has passed.
 REFRESH_AT_LEASE_FRACTION = 2 / 3
 
-_VAULT_UNAVAILABLE = (
-    hvac.exceptions.VaultDown,
-    hvac.exceptions.InternalServerError,
-    hvac.exceptions.BadGateway,
-    hvac.exceptions.RateLimitExceeded,
-    hvac.exceptions.VaultNotInitialized,
-)
-#: What the client library raises: translated into the providers.base hierarchy by ``_translate``.
-_VENDOR_ERRORS = (hvac.exceptions.VaultError, requests.RequestException)
+if TYPE_CHECKING:
+    import hvac
+    import hvac.exceptions
+    import requests
+
+
+@functools.cache
+def _sdk() -> SimpleNamespace:
+    """hvac and requests, imported when a Vault connection is first used: a worker
+    that never reads Vault does not carry the client libraries."""
+    import hvac
+    import hvac.exceptions
+    import requests
+
+    errors = hvac.exceptions
+    return SimpleNamespace(
+        Client=hvac.Client,
+        errors=errors,
+        requests=requests,
+        unavailable=(
+            errors.VaultDown,
+            errors.InternalServerError,
+            errors.BadGateway,
+            errors.RateLimitExceeded,
+            errors.VaultNotInitialized,
+        ),
+        #: What the client library raises: translated into the providers.base hierarchy by ``_translate``.
+        vendor_errors=(errors.VaultError, requests.RequestException),
+    )
 
 
 def _validate_path(value: str) -> None:
@@ -67,6 +86,15 @@ def _validate_ca_pem(value: str) -> None:
 def _remove_file(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+class _JsonNumber(fields.Float):
+    """A JSON number only: a plain Float also reads the string "5"."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> float:
+        if not isinstance(value, (int, float)):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
 
 
 class _StrictSchema(Schema):
@@ -127,10 +155,10 @@ class HashiCorpVaultConnectionSchema(ConnectionSchema):
     url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
     namespace = fields.String(load_default=None, allow_none=True, validate=_validate_path)
     mount = fields.String(load_default="secret", validate=_validate_path)
-    kv_version = fields.Integer(load_default=2, validate=validate.OneOf([1, 2]))
+    kv_version = fields.Integer(strict=True, load_default=2, validate=validate.OneOf([1, 2]))
     auth = Discriminated("method", AUTH_SCHEMAS, required=True)
     ca_certificate_pem = fields.String(load_default=None, allow_none=True, validate=_validate_ca_pem)
-    timeout_seconds = fields.Float(load_default=5.0, validate=validate.Range(min=0, max=60, min_inclusive=False))
+    timeout_seconds = _JsonNumber(load_default=5.0, validate=validate.Range(min=0, max=60, min_inclusive=False))
 
 
 class HashiCorpVaultReferenceSchema(ReferenceSchema):
@@ -146,7 +174,8 @@ class HashiCorpVaultReferenceSchema(ReferenceSchema):
     provider = fields.String(required=True, validate=validate.Length(min=1, max=128))
     path = fields.String(required=True, validate=[validate.Length(min=1, max=512), _validate_path])
     key = fields.String(required=True, validate=validate.Length(min=1, max=256))
-    version = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=1))
+    # Vault numbers versions with 64-bit integers; a larger number names none.
+    version = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=1, max=2**63 - 1))
 
 
 def _vault_detail(exc: hvac.exceptions.VaultError) -> str:
@@ -166,20 +195,21 @@ def _translate(
     ``authenticating``, every refusal is the service's credentials being
     refused; otherwise a 404 is a missing secret and a 403 a denied one.
     """
-    if isinstance(exc, requests.exceptions.SSLError):
+    sdk = _sdk()
+    if isinstance(exc, sdk.requests.exceptions.SSLError):
         return ProviderUnavailable(f"TLS handshake with Vault failed while {action}; check url and ca_certificate_pem")
-    if isinstance(exc, requests.exceptions.Timeout):
+    if isinstance(exc, sdk.requests.exceptions.Timeout):
         return ProviderUnavailable(f"Vault did not answer in time while {action}")
-    if isinstance(exc, requests.RequestException):
+    if isinstance(exc, sdk.requests.RequestException):
         return ProviderUnavailable(f"cannot reach Vault while {action} ({type(exc).__name__})")
     detail = _vault_detail(exc)
-    if isinstance(exc, _VAULT_UNAVAILABLE):
+    if isinstance(exc, sdk.unavailable):
         return ProviderUnavailable(f"Vault is unavailable while {action} ({detail})")
-    if authenticating or isinstance(exc, hvac.exceptions.Unauthorized):
+    if authenticating or isinstance(exc, sdk.errors.Unauthorized):
         return ProviderAuthError(f"Vault refused the service's credentials while {action} ({detail})")
-    if isinstance(exc, hvac.exceptions.InvalidPath):
+    if isinstance(exc, sdk.errors.InvalidPath):
         return SecretNotFound(f"Vault has nothing there while {action}")
-    if isinstance(exc, hvac.exceptions.Forbidden):
+    if isinstance(exc, sdk.errors.Forbidden):
         return SecretNotAllowed(f"Vault's policy denies {action} ({detail})")
     return ProviderError(f"Vault failed while {action} ({detail})")
 
@@ -242,7 +272,7 @@ class HashiCorpVaultProvider(SecretProvider):
         try:
             # A 403 that survives a fresh login is the policy's answer, not the token's.
             data, found_version = self._with_relogin(lambda client: self._read(client, path, version))
-        except _VENDOR_ERRORS as exc:
+        except _sdk().vendor_errors as exc:
             raise _translate(exc, action) from exc
         value = data.get(key)
         if value is None:
@@ -256,7 +286,7 @@ class HashiCorpVaultProvider(SecretProvider):
         action = "looking up the service's token"
         try:
             self._with_relogin(lambda client: client.auth.token.lookup_self())
-        except _VENDOR_ERRORS as exc:
+        except _sdk().vendor_errors as exc:
             raise _translate(exc, action, authenticating=True) from exc
 
     def close(self) -> None:
@@ -288,7 +318,7 @@ class HashiCorpVaultProvider(SecretProvider):
         token = client.token
         try:
             return operation(client)
-        except hvac.exceptions.Forbidden:
+        except _sdk().errors.Forbidden:
             # The token may have been revoked or expired since it was last refreshed.
             client = self._relogin(token)
         return operation(client)
@@ -329,7 +359,7 @@ class HashiCorpVaultProvider(SecretProvider):
         if settings["ca_certificate_pem"]:
             verify = self._write_ca_file(settings["ca_certificate_pem"])
         # An empty token keeps hvac from picking up VAULT_TOKEN or ~/.vault-token.
-        self._client = hvac.Client(
+        self._client = _sdk().Client(
             url=settings["url"],
             token="",
             namespace=settings["namespace"],
@@ -370,7 +400,7 @@ class HashiCorpVaultProvider(SecretProvider):
                         auth["role"], self._credential(auth["jwt"]), path=auth["mount"]
                     )
                 lease, renewable = int(response["auth"]["lease_duration"]), bool(response["auth"]["renewable"])
-        except _VENDOR_ERRORS as exc:
+        except _sdk().vendor_errors as exc:
             raise _translate(exc, f"logging in with {method} auth", authenticating=True) from exc
         self._track(lease, renewable)
         self._logged_in = True
@@ -380,7 +410,7 @@ class HashiCorpVaultProvider(SecretProvider):
         if self._renewable:
             try:
                 renewed = client.auth.token.renew_self()["auth"]
-            except hvac.exceptions.VaultError:
+            except _sdk().errors.VaultError:
                 renewed = None  # expired or revoked meanwhile: a new login follows
             if renewed is not None and int(renewed["lease_duration"]) >= self._lease_seconds:
                 self._track(int(renewed["lease_duration"]), bool(renewed["renewable"]))

@@ -30,7 +30,8 @@ class InternalReferenceSchema(ReferenceSchema):
         unknown = RAISE
 
     secret = fields.String(required=True, validate=validate.Length(min=1, max=256))
-    version = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=1))
+    # Versions are counted in an INTEGER column; a larger number names none and cannot be queried.
+    version = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=1, max=2**31 - 1))
 
 
 class InternalProvider(SecretProvider):

@@ -25,6 +25,7 @@ from service.observability import (
 from service.secrets import SecretsService
 from service.settings import SettingsService
 from service.smtp_check import DestinationPolicy
+from service.tokens import Authenticator
 
 MAX_BODY_BYTES = 64 * 1024
 log = logging.getLogger("smtpconf.http")
@@ -41,6 +42,7 @@ class Services:
     settings: SettingsService
     secrets: SecretsService
     checks: CheckService
+    authenticate: Authenticator
 
     def close(self) -> None:
         self.secrets.close()
@@ -62,13 +64,16 @@ def build_services(config: Config) -> Services:
     keyring = KeyRing.from_config(config)
     registry = ProviderRegistry.from_entry_points()
     secrets = SecretsService(db, keyring, registry, sync_interval=config.secret_sync_interval_seconds)
-    settings = SettingsService(db, keyring, fips_mode=config.fips_mode, check_reference=secrets.check_reference)
+    settings = SettingsService(
+        db, keyring, fips_mode=config.fips_mode, check_reference=secrets.check_reference, sync=secrets.sync
+    )
+    secrets.on_settings_change(settings.forget)
     try:
         policy = DestinationPolicy.from_strings(config.smtp_allowed_ports, config.smtp_denied_networks)
     except ValueError as exc:
         raise ConfigError(f"SMTPCONF_SMTP_ALLOWED_PORTS / SMTPCONF_SMTP_DENIED_NETWORKS: {exc}") from None
     checks = CheckService(settings, secrets, policy, fips_mode=config.fips_mode, rate_limit=config.rate_limit_per_minute)
-    return Services(config, db, keyring, registry, settings, secrets, checks)
+    return Services(config, db, keyring, registry, settings, secrets, checks, Authenticator(db))
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:

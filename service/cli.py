@@ -7,6 +7,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -47,13 +48,41 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from service.crypto import KeyRing
-    from service.db import Database
 
     config = Config.load()
     KeyRing.from_config(config)  # refuse to start without a usable master key
-    Database(config.database_url).upgrade()
+    if not _upgrade_in_child(config.database_url):
+        print("smtpconf: the database could not be migrated", file=sys.stderr)
+        return 1
     run_gunicorn(args.bind, args.workers)
     return 0
+
+
+def _upgrade_in_child(database_url: str) -> bool:
+    """Migrate the schema in a forked child; whether it succeeded.
+
+    The gunicorn master forks every worker, and a worker's resident memory
+    counts the pages it inherited: migrating in the master would leave Alembic
+    and an engine in each of them.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            from service.db import Database
+
+            Database(database_url).upgrade()
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
 
 
 def cmd_dev(args: argparse.Namespace) -> int:

@@ -93,7 +93,7 @@ def configure_logging(level: str) -> None:
     """JSON lines on stderr for the service's own loggers."""
     handler = _StderrHandler()
     handler.setFormatter(JsonFormatter())
-    for name in ("smtpconf", "providers"):
+    for name in ("smtpconf", "service", "providers"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(level.upper())

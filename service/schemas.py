@@ -6,6 +6,7 @@ import ipaddress
 import re
 from typing import Any
 
+import idna
 from email_validator import EmailNotValidError, validate_email
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
@@ -85,10 +86,14 @@ def check_host(value: str) -> str:
         if literal is not value:
             raise ValidationError("Not a valid IP literal.") from None
     name = value[:-1] if value.endswith(".") else value
-    try:
-        ascii_name = name.encode("idna").decode("ascii")
-    except UnicodeError:
-        raise ValidationError("Not a valid host name.") from None
+    ascii_name = name
+    if not name.isascii() or "xn--" in name.lower():
+        try:
+            # IDNA 2008 with UTS 46 mapping, as for the domains of addresses: the older
+            # codec built into Python also passes symbols, bad punycode and leading hyphens.
+            ascii_name = idna.encode(name, uts46=True).decode("ascii")
+        except UnicodeError:
+            raise ValidationError("Not a valid host name.") from None
     labels = ascii_name.split(".")
     if not name or len(ascii_name) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
         raise ValidationError("Not a valid host name or IP address.")

@@ -10,11 +10,12 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import sqlalchemy as sa
 from marshmallow import ValidationError
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from providers.base import (
     ProviderContext,
@@ -27,8 +28,9 @@ from providers.base import (
     expires_soon,
     secret_allowed,
 )
-from providers.cache import CacheKey, SecretCache
+from providers.cache import CacheKey, Resolution, SecretCache
 from providers.registry import ProviderRegistry
+from service import audit
 from service.connections import INTERNAL, ConnectionService
 from service.crypto import DecryptionError, KeyRing
 from service.db import Database, PasswordAccess, ServiceState, utcnow
@@ -40,6 +42,7 @@ from service.settings import bump_generation, plaintext_context, read_generation
 log = logging.getLogger("smtpconf.secrets")
 EXPIRY_WARNING = dt.timedelta(days=14)
 READINESS_TTL = 5.0
+MAX_PLANS = 256
 
 
 class PasswordUnavailable(ApiError):
@@ -59,6 +62,20 @@ class ResolvedPassword:
     stale: bool = False
     from_cache: bool = False
     expires_at: dt.datetime | None = None
+
+
+@dataclasses.dataclass(eq=False)
+class _Plan:
+    """How one stored reference is resolved under one snapshot of the connections."""
+
+    key: CacheKey
+    fetch: Callable[[], SecretValue]
+    ttl: float
+    max_stale: float
+    #: How ``password_access`` names the secret.
+    label: str
+    #: The fields ``password_fields`` last returned: (resolution, expiry warning due, fields).
+    last_fields: tuple[Resolution, bool, dict[str, Any]] | None = dataclasses.field(default=None, repr=False)
 
 
 class SecretsService:
@@ -89,10 +106,16 @@ class SecretsService:
         self._lock = threading.Lock()
         self._noted: set[tuple[str, str, str, str]] = set()
         self._snapshot: dict[str, dict[str, Any]] | None = None
+        # How each reference resolves under the current snapshot, emptied with it.
+        # Keyed by identity: references come from settings documents kept
+        # between requests, and each entry holds its reference so that the id
+        # cannot be reused by another object while the entry lives.
+        self._plans: dict[int, tuple[Mapping[str, Any], _Plan]] = {}
         self._providers: dict[str, tuple[int, SecretProvider]] = {}
         self._generations: dict[str, int] | None = None
         self._synced_at = 0.0
         self._readiness: tuple[float, dict[str, Any]] | None = None
+        self._settings_listeners: list[Callable[[], None]] = []
 
     # cross-instance coherence
 
@@ -110,31 +133,46 @@ class SecretsService:
                 return
             if seen.get("cache_generation") != previous.get("cache_generation"):
                 self.cache.invalidate()
-            if seen.get("settings_generation") != previous.get("settings_generation"):
-                self._snapshot = None
+            settings_changed = seen.get("settings_generation") != previous.get("settings_generation")
+            if settings_changed:
+                self._snapshot, self._plans = None, {}
+        if settings_changed:
+            for listener in self._settings_listeners:
+                listener()
 
-    def _announce(self, key: str) -> None:
-        """Bump a generation and note it as seen, so this instance does not act twice."""
+    def on_settings_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` when ``sync`` learns that settings changed (through any instance)."""
+        self._settings_listeners.append(listener)
+
+    def _announce(self, key: str, also: Callable[[Session, int], None] | None = None) -> int:
+        """Bump a generation (and run ``also`` in the same transaction); note it as seen,
+        so this instance does not act twice."""
         with self.db.transaction() as session:
             bump_generation(session, key)
-            value = session.scalar(sa.select(ServiceState.value).where(ServiceState.key == key))
+            value = int(session.scalar(sa.select(ServiceState.value).where(ServiceState.key == key)) or 0)
+            if also is not None:
+                also(session, value)
         with self._lock:
             if self._generations is not None:
                 self._generations[key] = value
+        return value
 
     def connection(self, name: str) -> dict[str, Any] | None:
+        return self._connections().get(name)
+
+    def _connections(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             snapshot = self._snapshot
         if snapshot is None:
             snapshot = self.connections.all()
             with self._lock:
                 self._snapshot = snapshot
-        return snapshot.get(name)
+        return snapshot
 
     def connection_changed(self) -> None:
         """Called after this instance edited a connection."""
         with self._lock:
-            self._snapshot = None
+            self._snapshot, self._plans = None, {}
         self.cache.invalidate()
 
     def _provider(self, name: str, record: dict[str, Any]) -> SecretProvider:
@@ -210,9 +248,36 @@ class SecretsService:
         source = str(reference.get("source"))
         if source == "plaintext":
             return self._plaintext(reference, scope)
+        _plan, resolution = self._resolution(reference, source, refresh)
+        return ResolvedPassword(
+            value=resolution.secret.value,
+            source=source,
+            version=resolution.secret.version,
+            resolved_at=dt.datetime.fromtimestamp(resolution.fetched_at, dt.timezone.utc),
+            stale=resolution.stale,
+            from_cache=resolution.from_cache,
+            expires_at=resolution.secret.expires_at,
+        )
+
+    def _resolution(self, reference: Mapping[str, Any], source: str, refresh: bool = False) -> tuple[_Plan, Resolution]:
         self.sync()
+        plan = self._plan(reference, source)
+        try:
+            return plan, self.cache.resolve(plan.key, plan.fetch, plan.ttl, plan.max_stale, refresh=refresh)
+        except ProviderError as exc:
+            raise PasswordUnavailable(
+                f"The password cannot be read from {plan.key.provider!r}: {exc.message}", extra={"reason": exc.code}
+            ) from None
+
+    def _plan(self, reference: Mapping[str, Any], source: str) -> _Plan:
+        """Connection, allow-list, cache key and provider for a reference: worked out once per snapshot."""
+        with self._lock:
+            held = self._plans.get(id(reference)) if self._snapshot is not None else None
+        if held is not None and held[0] is reference:
+            return held[1]
         name = connection_name(reference)
-        record = self.connection(name) if name else None
+        snapshot = self._connections()
+        record = snapshot.get(name) if name else None
         cls = self.registry.get(source)
         if record is None or cls is None:
             raise PasswordUnavailable(f"The {source} connection {name!r} is not configured.", extra={"reason": "provider_not_found"})
@@ -223,7 +288,6 @@ class SecretsService:
                 f"The connection {name!r} does not allow the secret {secret!r}.", extra={"reason": SecretNotAllowed.code}
             )
         variant = json.dumps({k: v for k, v in reference.items() if k not in ("source", "provider")}, sort_keys=True)
-        key = CacheKey(provider=name, secret=secret, version=variant)
         provider = self._provider(name, record)
 
         def fetch() -> Any:
@@ -236,24 +300,20 @@ class SecretsService:
             SECRET_FETCHES.labels(source, "ok").inc()
             return value
 
-        try:
-            resolution = self.cache.resolve(
-                key, fetch, float(document.get("cache_ttl_seconds", 300)), float(document.get("max_stale_seconds", 0)),
-                refresh=refresh,
-            )
-        except ProviderError as exc:
-            raise PasswordUnavailable(
-                f"The password cannot be read from {name!r}: {exc.message}", extra={"reason": exc.code}
-            ) from None
-        return ResolvedPassword(
-            value=resolution.secret.value,
-            source=source,
-            version=resolution.secret.version,
-            resolved_at=dt.datetime.fromtimestamp(resolution.fetched_at, dt.timezone.utc),
-            stale=resolution.stale,
-            from_cache=resolution.from_cache,
-            expires_at=resolution.secret.expires_at,
+        plan = _Plan(
+            CacheKey(provider=name, secret=secret, version=variant),
+            fetch,
+            float(document.get("cache_ttl_seconds", 300)),
+            float(document.get("max_stale_seconds", 0)),
+            secret_label(reference),
         )
+        with self._lock:
+            # A snapshot dropped meanwhile may have held another provider or allow-list.
+            if self._snapshot is snapshot:
+                if len(self._plans) >= MAX_PLANS:
+                    self._plans.clear()  # candidate checks bring new references every time
+                self._plans[id(reference)] = (reference, plan)
+        return plan
 
     def _plaintext(self, reference: Mapping[str, Any], scope: str) -> ResolvedPassword:
         try:
@@ -267,26 +327,31 @@ class SecretsService:
         reference = effective.document.get("password")
         if reference is None:
             return {"password": None, "password_version": None, "password_resolved_at": None}
-        resolved = self.resolve(reference, password_scope(effective))
-        self.note_access(token_name, reference, resolved)
-        fields: dict[str, Any] = {
-            "password": resolved.value,
-            "password_version": resolved.version,
-            "password_resolved_at": resolved.resolved_at.isoformat().replace("+00:00", "Z"),
-        }
-        warnings = []
-        if resolved.stale:
-            fields["password_stale"] = True
-            warnings.append("password_stale")
-        if expires_soon(SecretValue("", resolved.version, resolved.expires_at), within=EXPIRY_WARNING):
-            warnings.append("password_expires_soon")
-        if warnings:
-            fields["warnings"] = warnings
+        source = str(reference.get("source"))
+        if source == "plaintext":
+            resolved = self._plaintext(reference, password_scope(effective))
+            self.note_access(token_name, reference, resolved)
+            return _password_fields(resolved.value, resolved.version, resolved.resolved_at, resolved.stale, resolved.expires_at)
+        plan, resolution = self._resolution(reference, source)
+        secret = resolution.secret
+        self._note(token_name, source, plan.label, secret.version)
+        # A fresh cache hit is the same Resolution object until the value is fetched
+        # again, so its fields are worked out once; only an expiry warning can come due meanwhile.
+        soon = expires_soon(secret, within=EXPIRY_WARNING)
+        last = plan.last_fields
+        if last is not None and last[0] is resolution and last[1] == soon:
+            return last[2]
+        resolved_at = dt.datetime.fromtimestamp(resolution.fetched_at, dt.timezone.utc)
+        fields = _password_fields(secret.value, secret.version, resolved_at, resolution.stale, secret.expires_at)
+        plan.last_fields = (resolution, soon, fields)
         return fields
 
     def note_access(self, token_name: str, reference: Mapping[str, Any], resolved: ResolvedPassword) -> None:
         """Record the first time a token reads a password version; never the value."""
-        key = (token_name, resolved.source, secret_label(reference), resolved.version or "")
+        self._note(token_name, resolved.source, secret_label(reference), resolved.version)
+
+    def _note(self, token_name: str, source: str, label: str, version: str | None) -> None:
+        key = (token_name, source, label, version or "")
         if key in self._noted:
             return
         try:
@@ -309,10 +374,23 @@ class SecretsService:
 
     # the security team's operations
 
-    def invalidate(self, provider: str | None, secret: str | None) -> dict[str, int]:
+    def invalidate(self, provider: str | None, secret: str | None, *, actor: str) -> dict[str, int]:
+        """Drop cached values here and, through the generation, on every instance; audited."""
+        if provider is not None:
+            self.connections.get(provider)  # 404 provider_not_found for a name that does not exist
         dropped = self.cache.invalidate(provider=provider, secret=secret)
-        self._announce("cache_generation")
-        return {"invalidated": dropped, "generation": (self._generations or {}).get("cache_generation", 0)}
+
+        def record(session: Session, generation: int) -> None:
+            audit.record(
+                session,
+                actor=actor,
+                action="secret_cache.invalidate",
+                target=f"secret_cache:{provider or '*'}:{secret or '*'}",
+                after={"provider": provider, "secret": secret, "invalidated": dropped, "generation": generation},
+            )
+
+        generation = self._announce("cache_generation", record)
+        return {"invalidated": dropped, "generation": generation}
 
     def secret_written(self, name: str) -> None:
         """A rotation in the internal store: no instance may keep serving the old value."""
@@ -352,6 +430,25 @@ class SecretsService:
             providers, self._providers = self._providers, {}
         for _version, provider in providers.values():
             provider.close()
+
+
+def _password_fields(
+    value: str, version: str | None, resolved_at: dt.datetime, stale: bool, expires_at: dt.datetime | None
+) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "password": value,
+        "password_version": version,
+        "password_resolved_at": resolved_at.isoformat().replace("+00:00", "Z"),
+    }
+    warnings = []
+    if stale:
+        fields["password_stale"] = True
+        warnings.append("password_stale")
+    if expires_soon(SecretValue("", version, expires_at), within=EXPIRY_WARNING):
+        warnings.append("password_expires_soon")
+    if warnings:
+        fields["warnings"] = warnings
+    return fields
 
 
 def connection_name(reference: Mapping[str, Any]) -> str | None:

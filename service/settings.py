@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import json
 import re
+import threading
 from typing import Any, Callable
 
 import sqlalchemy as sa
@@ -26,6 +27,13 @@ TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 REQUIRED_FIELDS = ("host", "port", "from_email")
 DESTINATION_FIELDS = ("host", "port", "security", "username")
 READ_BACK_PLAINTEXT = {"source": "plaintext", "value_set": True}
+#: Settings rows a worker reads at once and keeps for effective reads after each change
+#: (every tenant of a large installation fits); beyond, rows are read as they are asked for.
+ROW_CACHE_SIZE = 20_000
+#: Merged effective documents (with their renderings) a worker keeps, oldest out first.
+EFFECTIVE_CACHE_SIZE = 256
+#: Renderings kept per effective document (one per password value and version seen).
+VIEWS_PER_EFFECTIVE = 4
 
 
 def tenant_scope(tenant: str) -> str:
@@ -101,15 +109,29 @@ class StoredSettings:
         return cls(row.scope, copy.deepcopy(row.document), row.version, row.updated_at, row.updated_by)
 
 
+@dataclasses.dataclass(frozen=True)
+class EffectiveView:
+    """An effective document as served: the body, its ETag and its JSON text."""
+
+    body: dict[str, Any]
+    etag: str
+    encoded: bytes
+
+
 @dataclasses.dataclass
 class Effective:
-    """The merged settings a sender uses, with where each field came from."""
+    """The merged settings a sender uses, with where each field came from.
+
+    Shared between requests while the settings are unchanged: never mutated.
+    """
 
     document: dict[str, Any]
     inherited: list[str]
     system: StoredSettings | None
     tenant: StoredSettings | None
     scope: str
+    #: ``effective_view`` results by the extra fields they were rendered with.
+    views: dict[Any, EffectiveView] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
     def base_tag(self) -> list[Any]:
@@ -117,7 +139,14 @@ class Effective:
 
 
 class SettingsService:
-    """Reads and writes settings documents; every write is audited in its transaction."""
+    """Reads and writes settings documents; every write is audited in its transaction.
+
+    Effective reads, what senders poll, come from rows and merged documents
+    kept in the process. Writes through this instance drop them at once;
+    ``sync`` (the secrets layer's, which reads the database's generations at
+    most once per sync interval) calls ``forget`` when another instance wrote.
+    Reads of one level (``get``) always ask the database.
+    """
 
     def __init__(
         self,
@@ -126,6 +155,7 @@ class SettingsService:
         *,
         fips_mode: bool,
         check_reference: Callable[[dict[str, Any]], dict[str, Any]],
+        sync: Callable[[], None],
     ) -> None:
         self.db = db
         self.keyring = keyring
@@ -133,6 +163,23 @@ class SettingsService:
         #: Validates a password reference against its provider type and connection
         #: allow-list; raises ``ApiError``. Supplied by the secrets layer.
         self.check_reference = check_reference
+        self.sync = sync
+        self._lock = threading.Lock()
+        # The table as last read (None: not read since the last change). When it
+        # held more than ROW_CACHE_SIZE rows, the others are read one by one and
+        # kept here too, a level without settings as None.
+        self._rows: dict[str, StoredSettings | None] | None = None
+        self._complete = False
+        self._effective: dict[str | None, Effective] = {}
+        # Bumped by forget(): a read that started before must not store what it read.
+        self._epoch = 0
+
+    def forget(self) -> None:
+        """Drop the kept rows and effective documents (settings changed somewhere)."""
+        with self._lock:
+            self._epoch += 1
+            self._rows = None
+            self._effective = {}
 
     # reads
 
@@ -142,20 +189,53 @@ class SettingsService:
             return StoredSettings.of(row) if row else None
 
     def effective(self, tenant: str | None) -> Effective:
+        """The merged settings of ``tenant`` (``None``: the system level), shared and read-only."""
+        self.sync()
+        kept = self._effective.get(tenant)
+        if kept is not None:
+            return kept
+        with self._lock:
+            epoch, rows, complete, kept_effective = self._epoch, self._rows, self._complete, self._effective
+        if rows is None:
+            rows, complete = self._read_rows(None)
+            with self._lock:
+                if self._epoch == epoch:
+                    self._rows, self._complete = rows, complete
+        scope = None if tenant is None else tenant_scope(tenant)
+        wanted = [SYSTEM_SCOPE] if scope is None else [SYSTEM_SCOPE, scope]
+        picked = {name: rows.get(name) for name in wanted}
+        missing = [] if complete else [name for name in wanted if name not in rows]
+        if missing:
+            found, _ = self._read_rows(missing)
+            picked.update((name, found.get(name)) for name in missing)
+            with self._lock:
+                if self._epoch == epoch and self._rows is not None:
+                    for name in missing:
+                        _bounded_put(self._rows, name, picked[name], 2 * ROW_CACHE_SIZE)
+        effective = self.merge(picked[SYSTEM_SCOPE], picked[scope] if scope else None, tenant)
+        with self._lock:
+            if self._epoch == epoch:
+                _bounded_put(kept_effective, tenant, effective, EFFECTIVE_CACHE_SIZE)
+        return effective
+
+    def _read_rows(self, scopes: list[str] | None) -> tuple[dict[str, StoredSettings | None], bool]:
+        """The rows of ``scopes``, or of the whole table up to ROW_CACHE_SIZE; whether that was all of it."""
+        columns = (SmtpSettings.scope, SmtpSettings.document, SmtpSettings.version, SmtpSettings.updated_at, SmtpSettings.updated_by)
+        query = sa.select(*columns)
+        query = query.where(SmtpSettings.scope.in_(scopes)) if scopes else query.order_by(SmtpSettings.scope).limit(ROW_CACHE_SIZE + 1)
         with self.db.read() as session:
-            system_row = session.get(SmtpSettings, SYSTEM_SCOPE)
-            system = StoredSettings.of(system_row) if system_row else None
-            tenant_stored = None
-            if tenant is not None:
-                row = session.get(SmtpSettings, tenant_scope(tenant))
-                tenant_stored = StoredSettings.of(row) if row else None
-        return self.merge(system, tenant_stored, tenant)
+            rows: dict[str, StoredSettings | None] = {row.scope: StoredSettings(*row) for row in session.execute(query)}
+        if scopes or len(rows) <= ROW_CACHE_SIZE:
+            return rows, True
+        del rows[max(rows)]
+        return rows, False
 
     @staticmethod
     def merge(system: StoredSettings | None, tenant: StoredSettings | None, tenant_id: str | None) -> Effective:
         base = {**SYSTEM_DEFAULTS, **(system.document if system else {})}
         override = tenant.document if tenant else {}
-        document = {name: copy.deepcopy(override[name] if name in override else base.get(name)) for name in SETTINGS_FIELDS}
+        # Values are shared with the rows, not copied: both are read-only.
+        document = {name: override[name] if name in override else base.get(name) for name in SETTINGS_FIELDS}
         inherited = [name for name in SETTINGS_FIELDS if name not in override] if tenant_id is not None else []
         missing = [name for name in REQUIRED_FIELDS if document.get(name) is None]
         if missing:
@@ -188,8 +268,18 @@ class SettingsService:
         body["updated_by"] = stored.updated_by
         return body
 
-    def effective_view(self, effective: Effective, extra: dict[str, Any] | None = None) -> tuple[dict[str, Any], str]:
-        """The effective document and its ETag (which follows the password version)."""
+    def effective_view(self, effective: Effective, extra: dict[str, Any] | None = None) -> EffectiveView:
+        """The effective document and its ETag (which follows the password version); shared, read-only."""
+        key = _flat_key(extra)
+        view = effective.views.get(key)
+        if view is None:
+            view = self._render_effective(effective, dict(extra) if extra else None)
+            if len(effective.views) >= VIEWS_PER_EFFECTIVE:
+                effective.views.clear()
+            effective.views[key] = view
+        return view
+
+    def _render_effective(self, effective: Effective, extra: dict[str, Any] | None) -> EffectiveView:
         body = dict(effective.document)
         body["password"] = redact_password(body.get("password"))
         body["inherited"] = effective.inherited
@@ -202,7 +292,7 @@ class SettingsService:
             body["warnings"] = body["warnings"] + [w for w in extra.pop("warnings", []) if w not in body["warnings"]]
             body.update(extra)
         tag_parts = {k: v for k, v in body.items() if k not in ("password", "password_resolved_at")}
-        return body, _etag(effective.base_tag, tag_parts)
+        return EffectiveView(body, _etag(effective.base_tag, tag_parts), json.dumps(body).encode())
 
     # writes
 
@@ -237,12 +327,15 @@ class SettingsService:
             session.delete(row)
             audit.record(session, actor=actor, action="smtp_settings.delete", target=scope, before=redact(current.document))
             bump_generation(session, "settings_generation")
+        self.forget()
 
     def _write(self, scope: str, document: dict[str, Any], *, actor: str, if_match: str | None) -> StoredSettings:
         for attempt in range(2):
             try:
                 with self.db.transaction() as session:
-                    return self._write_in(session, scope, document, actor=actor, if_match=if_match)
+                    stored = self._write_in(session, scope, document, actor=actor, if_match=if_match)
+                self.forget()
+                return stored
             except IntegrityError:
                 # Two first writes of the same level raced; the loser retries
                 # as an update (and then honours If-Match against the winner).
@@ -327,6 +420,21 @@ class SettingsService:
                 errors={"password": [f"Send the password again: {', '.join(changed)} changed."]},
             )
         return {**document, "password": dict(stored_plain)}
+
+
+def _bounded_put(kept: dict[Any, Any], key: Any, value: Any, size: int) -> None:
+    """Insert, dropping the oldest entries beyond ``size`` (dicts keep insertion order)."""
+    kept.pop(key, None)
+    kept[key] = value
+    while len(kept) > size:
+        del kept[next(iter(kept))]
+
+
+def _flat_key(extra: dict[str, Any] | None) -> tuple[Any, ...]:
+    """A dictionary key standing for the extra fields (scalars and lists of scalars, in a fixed order)."""
+    if not extra:
+        return ()
+    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in extra.items())
 
 
 def bump_generation(session: Session, key: str) -> None:

@@ -403,7 +403,10 @@ class _Check:
         if self.timeout <= 0:
             raise ValueError("timeout_seconds must be positive.")
         self.literal = _ip_literal(self.host)
-        self.tls_hostname = self.literal or self.host
+        # The name as DNS and TLS must see it: an IDNA 2008 A-label, as the
+        # settings validation judged it (Python's own codec is IDNA 2003).
+        self.wire_host = self.host if self.literal or self.host.isascii() else _a_label(self.host)
+        self.tls_hostname = self.literal or self.wire_host
         self.stage = STAGES[0]
         self.transcript: list[str] = []
         self.server: dict[str, Any] = {
@@ -520,7 +523,7 @@ class _Check:
     def _resolve(self) -> list[str]:
         resolver = self.request.resolver or _system_resolver
         try:
-            found = _LOOKUPS.call(resolver, (self.host, self.port), self.remaining())
+            found = _LOOKUPS.call(resolver, (self.wire_host, self.port), self.remaining())
         except TimeoutError:
             raise _Failure("timeout", f"Resolving {self.host} took longer than {self.timeout:g} s.") from None
         except (OSError, UnicodeError) as exc:
@@ -726,6 +729,14 @@ class _Check:
         # Quoted-printable keeps a non-ASCII scope deliverable by servers without 8BITMIME.
         message.set_content(body, cte="7bit" if body.isascii() else "quoted-printable")
         return message
+
+
+def _a_label(host: str) -> str:
+    """``host`` in A-labels; unchanged when it is no valid IDN (its lookup then fails)."""
+    try:
+        return idna.encode(host, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        return host
 
 
 def _wire_address(address: str, code: str) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import secrets
+import time
+from typing import Callable
 
 import sqlalchemy as sa
 
@@ -13,6 +15,8 @@ from service.db import ApiToken, Database, utcnow
 
 ROLES = ("admin", "reader", "secret-reader", "security")
 TOKEN_PREFIX = "smtpconf_"
+#: How long a worker trusts a token it found in the database without asking again.
+TOKEN_CACHE_SECONDS = 3.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,12 +55,39 @@ def create_token(db: Database, name: str, roles: list[str], actor: str = "cli") 
     return token
 
 
-def authenticate(db: Database, token: str) -> Principal | None:
-    """The principal a bearer token belongs to, or ``None``."""
-    with db.read() as session:
-        row = session.execute(
-            sa.select(ApiToken.name, ApiToken.roles).where(ApiToken.token_hash == hash_token(token))
-        ).first()
-    if row is None:
-        return None
-    return Principal(name=row.name, roles=frozenset(row.roles))
+class Authenticator:
+    """Bearer tokens to principals, with a short per-process memory of the tokens found.
+
+    Every request authenticates, and a database query is most of what a cached
+    read costs otherwise. Only hits are remembered, so a token created a moment
+    ago works at once and an unknown one is looked up every time; a token
+    removed from the database keeps working for at most ``ttl`` seconds in a
+    worker that saw it just before.
+    """
+
+    def __init__(self, db: Database, ttl: float = TOKEN_CACHE_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.db = db
+        self.ttl = ttl
+        self._clock = clock
+        # Token hash -> (monotonic expiry, principal). Single dict operations are
+        # atomic, so request threads share it without a lock.
+        self._known: dict[str, tuple[float, Principal]] = {}
+
+    def __call__(self, token: str) -> Principal | None:
+        """The principal a bearer token belongs to, or ``None``."""
+        digest = hash_token(token)
+        now = self._clock()
+        known = self._known.get(digest)
+        if known is not None and known[0] > now:
+            return known[1]
+        who = self._lookup(digest)
+        if who is None:
+            self._known.pop(digest, None)
+        else:
+            self._known[digest] = (now + self.ttl, who)
+        return who
+
+    def _lookup(self, digest: str) -> Principal | None:
+        with self.db.read() as session:
+            row = session.execute(sa.select(ApiToken.name, ApiToken.roles).where(ApiToken.token_hash == digest)).first()
+        return None if row is None else Principal(name=row.name, roles=frozenset(row.roles))

@@ -10,8 +10,8 @@ from typing import Any, Callable, TypeVar
 from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from service.errors import ApiError, Forbidden, Unauthorized
-from service.tokens import Principal, authenticate
+from service.errors import ApiError, Forbidden, Unauthorized, ValidationFailed
+from service.tokens import Principal
 
 log = logging.getLogger("smtpconf.api")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -55,7 +55,7 @@ def requires(*roles: str) -> Callable[[F], F]:
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise Unauthorized("Send Authorization: Bearer <token>.", headers={"WWW-Authenticate": "Bearer"})
-            who = authenticate(current_app.extensions["smtpconf"].db, token.strip())
+            who = current_app.extensions["smtpconf"].authenticate(token.strip())
             if who is None:
                 raise Unauthorized("The token is not valid.", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
             if roles and not who.roles.intersection(roles):
@@ -70,17 +70,30 @@ def requires(*roles: str) -> Callable[[F], F]:
 
 
 def json_body(optional: bool = False) -> Any:
-    """The parsed JSON body; 400 ``invalid_json`` when it does not parse."""
+    """The parsed JSON body; 400 ``invalid_json`` when it does not parse; ``optional``: None when empty."""
     raw = request.get_data(cache=True)
     if not raw.strip():
         if optional:
             return None
         raise ApiError("The request needs a JSON body.", status=400, code="invalid_json", title="Invalid JSON")
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        detail = f"The body is not valid JSON: {exc.msg if isinstance(exc, json.JSONDecodeError) else 'not UTF-8'}."
+        document = json.loads(raw, parse_constant=_not_json)
+    except json.JSONDecodeError as exc:
+        raise ApiError(f"The body is not valid JSON: {exc.msg}.", status=400, code="invalid_json", title="Invalid JSON") from None
+    except UnicodeDecodeError:
+        raise ApiError("The body is not valid JSON: not UTF-8.", status=400, code="invalid_json", title="Invalid JSON") from None
+    except (ValueError, RecursionError):
+        # NaN and Infinity, numbers of thousands of digits, nesting deeper than the parser's stack.
+        detail = "The body is not valid JSON, or holds a number or a nesting depth beyond what is accepted."
         raise ApiError(detail, status=400, code="invalid_json", title="Invalid JSON") from None
+    if optional and document is None:
+        # A JSON null would otherwise pass for "no body" and skip the checks an object gets.
+        raise ValidationFailed(errors={"_schema": ["The body is a JSON object, or empty."]})
+    return document
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def query_flag(name: str) -> bool:

@@ -11,6 +11,7 @@ from service.connections import view
 from service.errors import ValidationFailed
 
 bp = Blueprint("secret_providers", __name__)
+MAX_PROVIDER_NAME = 128
 
 
 def _secrets() -> Any:
@@ -66,22 +67,14 @@ def provider_types() -> Response:
 @bp.post("/v1/secret-cache/invalidate")
 @requires("security")
 def invalidate_cache() -> Response:
-    body = json_body(optional=True) or {}
+    body = json_body(optional=True)
+    body = {} if body is None else body
     if not isinstance(body, dict):
         raise ValidationFailed(errors={"_schema": ['The body is {"provider": ..., "secret": ...} or empty.']})
     errors = {k: ["Unknown field."] for k in body if k not in ("provider", "secret")}
     errors.update({k: ["Must be a non-empty string."] for k in ("provider", "secret") if k in body and not (isinstance(body[k], str) and body[k])})
+    if "provider" not in errors and len(body.get("provider") or "") > MAX_PROVIDER_NAME:
+        errors["provider"] = [f"At most {MAX_PROVIDER_NAME} characters (a connection name)."]
     if errors:
         raise ValidationFailed(errors=errors)
-    result = _secrets().invalidate(body.get("provider"), body.get("secret"))
-    from service import audit
-
-    with current_app.extensions["smtpconf"].db.transaction() as session:
-        audit.record(
-            session,
-            actor=principal().name,
-            action="secret_cache.invalidate",
-            target=f"secret_cache:{body.get('provider') or '*'}:{body.get('secret') or '*'}",
-            after=result,
-        )
-    return json_response(result)
+    return json_response(_secrets().invalidate(body.get("provider"), body.get("secret"), actor=principal().name))

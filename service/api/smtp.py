@@ -88,14 +88,11 @@ def _effective(tenant: str | None) -> Response:
     extra: dict[str, Any] = {}
     if include_password:
         extra = services.secrets.password_fields(effective, principal().name)
-    body, etag = services.settings.effective_view(effective, extra)
-    headers = {"ETag": etag, "Cache-Control": "no-store" if include_password else "no-cache"}
-    if request.if_none_match and request.if_none_match.contains_weak(etag.strip('"')):
-        response = Response(status=304)
-        for name, value in headers.items():
-            response.headers[name] = value
-        return response
-    return json_response(body, headers=headers)
+    view = services.settings.effective_view(effective, extra)
+    headers = {"ETag": view.etag, "Cache-Control": "no-store" if include_password else "no-cache"}
+    if request.if_none_match and request.if_none_match.contains_weak(view.etag.strip('"')):
+        return Response(status=304, headers=headers)
+    return Response(view.encoded, mimetype="application/json", headers=headers)
 
 
 @bp.get("/v1/smtp/effective")

@@ -114,3 +114,8 @@ def test_master_key_rotation_leaves_everything_readable_and_nothing_under_the_ol
     assert store.read("smtp/relay").value == "internal-two"
     assert store.read("providers/token").value == "cred"
     assert rotate_master_key(db, only_new.extensions["smtpconf"].keyring) == {"secrets": 0, "passwords": 0}
+
+
+def test_invalidating_an_unknown_connection_is_404(client, tokens):
+    response = client.post("/v1/secret-cache/invalidate", json={"provider": "nope"}, headers=tokens.headers("security"))
+    assert response.status_code == 404 and response.json["code"] == "provider_not_found"

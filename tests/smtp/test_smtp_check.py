@@ -607,3 +607,17 @@ def test_no_credential_reaches_the_result_or_the_logs(server_fixture, request, s
     for form in forms:
         assert form not in exposed
     assert CANARY not in repr(ResolvedPassword(CANARY, "plaintext"))
+
+
+def test_internationalised_host_is_resolved_by_its_idna_2008_a_label(plain_smtp_server, settings_for):
+    asked: list[str] = []
+
+    def resolver(host: str, port: int) -> list[str]:
+        asked.append(host)
+        return [plain_smtp_server.host]
+
+    result = check(settings_for(plain_smtp_server.port, host="straße.example", security="none"), resolver=resolver)
+
+    # IDNA 2003 (Python's own codec) would have mapped the name to strasse.example.
+    assert asked == ["xn--strae-oqa.example"]
+    assert result["ok"] is True

@@ -1,0 +1,1 @@
+"""Robustness: generated and hostile input against every operation."""
