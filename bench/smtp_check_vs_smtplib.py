@@ -7,6 +7,7 @@ competes with it for the interpreter lock.
 
 from __future__ import annotations
 
+import functools
 import smtplib
 import ssl
 import sys
@@ -76,7 +77,7 @@ def measure(rounds: int) -> list[Figure]:
             check(send_to)  # warm-up: builds the cached TLS context
             bare_smtplib(port, context, send)
             engine_ms, bare_ms = interleaved_medians(
-                lambda: check(send_to), lambda: bare_smtplib(port, context, send), rounds
+                functools.partial(check, send_to), functools.partial(bare_smtplib, port, context, send), rounds
             )
             figures.append(Figure(
                 f"STARTTLS {label}: run_check / smtplib", engine_ms / bare_ms, f"<= {GOAL}", engine_ms / bare_ms <= GOAL,

@@ -271,8 +271,8 @@ class SecretsService:
 
     def _plan(self, reference: Mapping[str, Any], source: str) -> _Plan:
         """Connection, allow-list, cache key and provider for a reference: worked out once per snapshot."""
-        with self._lock:
-            held = self._plans.get(id(reference)) if self._snapshot is not None else None
+        # Read without the lock: the dict is replaced, never emptied in place, when the snapshot goes.
+        held = self._plans.get(id(reference))
         if held is not None and held[0] is reference:
             return held[1]
         name = connection_name(reference)
@@ -311,7 +311,7 @@ class SecretsService:
             # A snapshot dropped meanwhile may have held another provider or allow-list.
             if self._snapshot is snapshot:
                 if len(self._plans) >= MAX_PLANS:
-                    self._plans.clear()  # candidate checks bring new references every time
+                    self._plans = {}  # candidate checks bring new references every time
                 self._plans[id(reference)] = (reference, plan)
         return plan
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 import re
@@ -102,7 +104,17 @@ class StoredSettings:
 
     @property
     def etag(self) -> str:
-        return _etag(self.scope, self.version, self.updated_at.isoformat())
+        return _etag(self.scope, self.version, self.stamp)
+
+    @functools.cached_property
+    def stamp(self) -> str:
+        """``updated_at`` in ISO 8601, as the ETags hash it (rows are kept and read many times)."""
+        return self.updated_at.isoformat()
+
+    @functools.cached_property
+    def updated_at_text(self) -> str:
+        """``updated_at`` as documents show it."""
+        return _timestamp(self.updated_at)
 
     @classmethod
     def of(cls, row: SmtpSettings) -> "StoredSettings":
@@ -135,7 +147,7 @@ class Effective:
 
     @property
     def base_tag(self) -> list[Any]:
-        return [s and [s.scope, s.version, s.updated_at.isoformat()] for s in (self.system, self.tenant)]
+        return [s and [s.scope, s.version, s.stamp] for s in (self.system, self.tenant)]
 
 
 class SettingsService:
@@ -170,7 +182,7 @@ class SettingsService:
         # kept here too, a level without settings as None.
         self._rows: dict[str, StoredSettings | None] | None = None
         self._complete = False
-        self._effective: dict[str | None, Effective] = {}
+        self._effective: collections.OrderedDict[str | None, Effective] = collections.OrderedDict()
         # Bumped by forget(): a read that started before must not store what it read.
         self._epoch = 0
 
@@ -179,7 +191,7 @@ class SettingsService:
         with self._lock:
             self._epoch += 1
             self._rows = None
-            self._effective = {}
+            self._effective = collections.OrderedDict()
 
     # reads
 
@@ -228,7 +240,7 @@ class SettingsService:
         if scopes or len(rows) <= ROW_CACHE_SIZE:
             return rows, True
         del rows[max(rows)]
-        return rows, False
+        return collections.OrderedDict(rows), False  # more rows will be added, and the oldest dropped
 
     @staticmethod
     def merge(system: StoredSettings | None, tenant: StoredSettings | None, tenant_id: str | None) -> Effective:
@@ -286,7 +298,7 @@ class SettingsService:
         body["warnings"] = warnings_for(effective.document)
         newest = max((s for s in (effective.system, effective.tenant) if s), key=lambda s: s.updated_at, default=None)
         body["version"] = sum(s.version for s in (effective.system, effective.tenant) if s)
-        body["updated_at"] = _timestamp(newest.updated_at) if newest else None
+        body["updated_at"] = newest.updated_at_text if newest else None
         body["updated_by"] = newest.updated_by if newest else None
         if extra:
             body["warnings"] = body["warnings"] + [w for w in extra.pop("warnings", []) if w not in body["warnings"]]
@@ -422,12 +434,12 @@ class SettingsService:
         return {**document, "password": dict(stored_plain)}
 
 
-def _bounded_put(kept: dict[Any, Any], key: Any, value: Any, size: int) -> None:
-    """Insert, dropping the oldest entries beyond ``size`` (dicts keep insertion order)."""
-    kept.pop(key, None)
+def _bounded_put(kept: collections.OrderedDict[Any, Any], key: Any, value: Any, size: int) -> None:
+    """Insert, dropping the oldest entries beyond ``size``."""
     kept[key] = value
+    kept.move_to_end(key)
     while len(kept) > size:
-        del kept[next(iter(kept))]
+        kept.popitem(last=False)
 
 
 def _flat_key(extra: dict[str, Any] | None) -> tuple[Any, ...]:

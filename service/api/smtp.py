@@ -78,21 +78,23 @@ def delete_tenant(tenant: str) -> Response:
 
 
 def _effective(tenant: str | None) -> Response:
+    # What senders poll: kept lean, every step below is served from memory when nothing changed.
     services = _services()
+    caller = principal()
     include_password = query_flag("include_password")
-    if include_password and "secret-reader" not in principal().roles:
+    if include_password and "secret-reader" not in caller.roles:
         raise Forbidden("include_password=true needs the secret-reader role.")
     if tenant is not None:
         tenant_scope(tenant)
     effective = services.settings.effective(tenant)
     extra: dict[str, Any] = {}
     if include_password:
-        extra = services.secrets.password_fields(effective, principal().name)
+        extra = services.secrets.password_fields(effective, caller.name)
     view = services.settings.effective_view(effective, extra)
-    headers = {"ETag": view.etag, "Cache-Control": "no-store" if include_password else "no-cache"}
-    if request.if_none_match and request.if_none_match.contains_weak(view.etag.strip('"')):
+    headers = [("ETag", view.etag), ("Cache-Control", "no-store" if include_password else "no-cache")]
+    if request.environ.get("HTTP_IF_NONE_MATCH") and request.if_none_match.contains_weak(view.etag.strip('"')):
         return Response(status=304, headers=headers)
-    return Response(view.encoded, mimetype="application/json", headers=headers)
+    return Response(view.encoded, headers=[("Content-Type", "application/json"), *headers])
 
 
 @bp.get("/v1/smtp/effective")

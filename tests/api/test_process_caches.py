@@ -1,0 +1,58 @@
+"""What a worker keeps in memory between requests, and when it lets go of it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import sqlalchemy as sa
+
+from service.db import ApiToken
+from service.tokens import TOKEN_CACHE_SECONDS, Authenticator, create_token
+from tests.conftest import MASTER_KEY
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_new_token_works_at_once_and_a_removed_one_stops_within_the_cache_lifetime(app):
+    db = app.extensions["smtpconf"].db
+    clock = Clock()
+    authenticate = Authenticator(db, clock=clock)
+    assert authenticate("smtpconf_not-issued-yet") is None
+    token = create_token(db, "fresh", ["reader"])
+    assert authenticate(token).name == "fresh"  # unknown tokens were not remembered
+    with db.transaction() as session:
+        session.execute(sa.delete(ApiToken).where(ApiToken.name == "fresh"))
+    assert authenticate(token).name == "fresh"
+    clock.now += TOKEN_CACHE_SECONDS
+    assert authenticate(token) is None
+
+
+def test_effective_settings_follow_a_write_through_the_same_instance_at_once(client, tokens, system_settings):
+    reader = tokens.headers("reader")
+    client.put("/v1/smtp", json=system_settings, headers=tokens.headers("admin"))
+    client.put("/v1/tenants/acme/smtp", json={"from_name": "ACME"}, headers=tokens.headers("admin"))
+    first = client.get("/v1/tenants/acme/smtp/effective", headers=reader)
+    assert first.json["from_name"] == "ACME"
+    client.put("/v1/tenants/acme/smtp", json={"from_name": "ACME Mail"}, headers=tokens.headers("admin"))
+    second = client.get("/v1/tenants/acme/smtp/effective", headers=reader)
+    assert second.json["from_name"] == "ACME Mail" and second.headers["ETag"] != first.headers["ETag"]
+    client.delete("/v1/tenants/acme/smtp", headers=tokens.headers("admin"))
+    assert client.get("/v1/tenants/acme/smtp/effective", headers=reader).json["from_name"] == system_settings["from_name"]
+
+
+def test_an_idle_app_does_not_load_the_secret_manager_client_libraries(sqlite_url):
+    script = (
+        "import sys\n"
+        "from service.app import create_app\n"
+        f"create_app({{'database_url': {sqlite_url!r}, 'master_key': {MASTER_KEY!r}}})\n"
+        "print(sorted(m for m in ('hvac', 'azure.identity', 'azure.keyvault.secrets', 'msal') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
