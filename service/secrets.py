@@ -106,6 +106,7 @@ class SecretsService:
         self._lock = threading.Lock()
         self._noted: set[tuple[str, str, str, str]] = set()
         self._snapshot: dict[str, dict[str, Any]] | None = None
+        self._connections_epoch = 0
         # How each reference resolves under the current snapshot, emptied with it.
         # Keyed by identity: references come from settings documents kept
         # between requests, and each entry holds its reference so that the id
@@ -136,6 +137,7 @@ class SecretsService:
             settings_changed = seen.get("settings_generation") != previous.get("settings_generation")
             if settings_changed:
                 self._snapshot, self._plans = None, {}
+                self._connections_epoch += 1
         if settings_changed:
             for listener in self._settings_listeners:
                 listener()
@@ -162,17 +164,20 @@ class SecretsService:
 
     def _connections(self) -> dict[str, dict[str, Any]]:
         with self._lock:
-            snapshot = self._snapshot
+            snapshot, epoch = self._snapshot, self._connections_epoch
         if snapshot is None:
             snapshot = self.connections.all()
             with self._lock:
-                self._snapshot = snapshot
+                # A read that an edit overtook must not be kept as current.
+                if self._connections_epoch == epoch:
+                    self._snapshot = snapshot
         return snapshot
 
     def connection_changed(self) -> None:
         """Called after this instance edited a connection."""
         with self._lock:
             self._snapshot, self._plans = None, {}
+            self._connections_epoch += 1
         self.cache.invalidate()
 
     def _provider(self, name: str, record: dict[str, Any]) -> SecretProvider:
