@@ -51,7 +51,10 @@ class Request(flask.Request):
 @functools.lru_cache(maxsize=256)
 def _parse_query(raw: bytes) -> ImmutableMultiDict[str, str]:
     # As Werkzeug parses it; immutable, so one result serves every request.
-    return ImmutableMultiDict(parse_qsl(raw.decode(), keep_blank_values=True, errors="werkzeug.url_quote"))
+    # A raw byte that is not UTF-8 (a client may send one) becomes U+FFFD, so it
+    # fails validation as a bad value instead of failing the request.
+    text = raw.decode("utf-8", "replace")
+    return ImmutableMultiDict(parse_qsl(text, keep_blank_values=True, errors="werkzeug.url_quote"))
 
 
 @dataclasses.dataclass

@@ -246,3 +246,21 @@ def test_include_password_must_be_a_boolean(client, tokens, put, system_settings
     response = client.get("/v1/smtp/effective?include_password=maybe", headers=tokens.headers("secret-reader"))
     assert response.status_code == 422
     assert "include_password" in response.json["errors"]
+
+
+@pytest.mark.parametrize("query", ["include_password=\xff", "include_password=%ff", "x=\xfe\xff"])
+def test_a_query_string_that_is_not_utf8_is_a_4xx_problem(client, tokens, put, system_settings, query):
+    put(system_settings)
+    response = client.get(
+        "/v1/smtp/effective", headers=tokens.headers("secret-reader"), environ_overrides={"QUERY_STRING": query}
+    )
+    assert 200 <= response.status_code < 500
+    if response.status_code >= 400:
+        assert response.content_type == "application/problem+json"
+    audit = client.get("/v1/audit", headers=tokens.headers("admin"), environ_overrides={"QUERY_STRING": "limit=\xff"})
+    assert audit.status_code == 422 and "limit" in audit.json["errors"]
+
+
+def test_a_path_that_is_not_utf8_is_a_4xx_problem(client, tokens):
+    response = client.get("/v1/tenants/x/smtp", headers=tokens.headers("admin"), environ_overrides={"PATH_INFO": "/v1/tenants/\xff/smtp"})
+    assert response.status_code == 404 and response.content_type == "application/problem+json"
