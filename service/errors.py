@@ -58,6 +58,12 @@ class ValidationFailed(ApiError):
     title = "The request does not pass validation"
 
 
+class InvalidJson(ApiError):
+    status = 400
+    code = "invalid_json"
+    title = "Invalid JSON"
+
+
 class NotFound(ApiError):
     status = 404
     code = "not_found"

@@ -10,7 +10,7 @@ from typing import Any, Callable, TypeVar
 from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from service.errors import ApiError, Forbidden, Unauthorized, ValidationFailed
+from service.errors import ApiError, Forbidden, InvalidJson, Unauthorized, ValidationFailed
 from service.tokens import Principal
 
 log = logging.getLogger("smtpconf.api")
@@ -76,17 +76,17 @@ def json_body(optional: bool = False) -> Any:
     if not raw.strip():
         if optional:
             return None
-        raise ApiError("The request needs a JSON body.", status=400, code="invalid_json", title="Invalid JSON")
+        raise InvalidJson("The request needs a JSON body.")
     try:
         document = json.loads(raw, parse_constant=_not_json)
     except json.JSONDecodeError as exc:
-        raise ApiError(f"The body is not valid JSON: {exc.msg}.", status=400, code="invalid_json", title="Invalid JSON") from None
+        raise InvalidJson(f"The body is not valid JSON: {exc.msg}.") from None
     except UnicodeDecodeError:
-        raise ApiError("The body is not valid JSON: not UTF-8.", status=400, code="invalid_json", title="Invalid JSON") from None
+        raise InvalidJson("The body is not valid JSON: not UTF-8.") from None
     except (ValueError, RecursionError):
         # NaN and Infinity, numbers of thousands of digits, nesting deeper than the parser's stack.
         detail = "The body is not valid JSON, or holds a number or a nesting depth beyond what is accepted."
-        raise ApiError(detail, status=400, code="invalid_json", title="Invalid JSON") from None
+        raise InvalidJson(detail) from None
     if optional and document is None:
         # A JSON null would otherwise pass for "no body" and skip the checks an object gets.
         raise ValidationFailed(errors={"_schema": ["The body is a JSON object, or empty."]})
@@ -105,12 +105,7 @@ def query_flag(name: str) -> bool:
         return True
     if value.lower() in ("false", "0"):
         return False
-    raise ApiError(
-        f"Query parameter {name} must be true or false.",
-        status=422,
-        code="validation_failed",
-        errors={name: ["Must be true or false."]},
-    )
+    raise ValidationFailed(f"Query parameter {name} must be true or false.", errors={name: ["Must be true or false."]})
 
 
 def register_error_handlers(app: Flask) -> None:
