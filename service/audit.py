@@ -7,7 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from service.db import AuditEvent, utcnow
+from service.db import AuditEvent, iso_utc, utcnow
 from service.observability import current_request_id
 
 
@@ -45,7 +45,7 @@ def page(session: Session, *, limit: int, before_id: int | None) -> tuple[list[d
     items = [
         {
             "id": row.id,
-            "at": row.at.isoformat().replace("+00:00", "Z"),
+            "at": iso_utc(row.at),
             "actor": row.actor,
             "action": row.action,
             "target": row.target,

@@ -13,10 +13,10 @@ from marshmallow import ValidationError
 
 from service import smtp_check
 from service.errors import ApiError, ValidationFailed
+from service.observability import SMTP_CHECKS
 from service.schemas import SYSTEM_DEFAULTS, check_address, credential_errors, load_settings
 from service.secrets import PasswordUnavailable, SecretsService, password_scope
 from service.settings import DESTINATION_FIELDS, SYSTEM_SCOPE, Effective, SettingsService, StoredSettings
-from service.observability import SMTP_CHECKS
 
 VALIDATE_FIELDS = {"settings"}
 TEST_FIELDS = {"settings", "to", "include_cc_bcc"}

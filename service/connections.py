@@ -11,9 +11,9 @@ from marshmallow import ValidationError
 
 from providers.registry import ProviderRegistry
 from service import audit
-from service.db import Database, SecretProviderConnection, utcnow
+from service.db import Database, SecretProviderConnection, iso_utc, utcnow
 from service.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
-from service.settings import _etag, _timestamp, bump_generation, etag_matches, scopes_whose_password
+from service.settings import bump_generation, etag_matches, etag_of, scopes_whose_password
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 INTERNAL = "internal"
@@ -136,9 +136,9 @@ class ConnectionService:
             "name": row.name,
             "document": copy.deepcopy(row.document),
             "version": row.version,
-            "updated_at": _timestamp(row.updated_at),
+            "updated_at": iso_utc(row.updated_at),
             "updated_by": row.updated_by,
-            "etag": _etag("connection", row.name, row.version, row.updated_at.isoformat()),
+            "etag": etag_of("connection", row.name, row.version, row.updated_at.isoformat()),
         }
 
 

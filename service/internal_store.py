@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from providers.base import ProviderAuthError, ProviderUnavailable, SecretNotFound, SecretValue
 from service import audit
 from service.crypto import DecryptionError, KeyRing
-from service.db import Database, InternalSecret, InternalSecretVersion, utcnow
+from service.db import Database, InternalSecret, InternalSecretVersion, iso_utc, utcnow
 from service.errors import Conflict, NotFound, ValidationFailed
 from service.rotation import internal_secret_context
 from service.settings import scopes_whose_password
@@ -23,10 +23,6 @@ def check_name(name: str) -> str:
     if not NAME.match(name):
         raise NotFound("No such secret: names are letters, digits, '.', '_', '-' and '/'.", code="secret_not_found")
     return name
-
-
-def _timestamp(value: Any) -> str:
-    return value.isoformat().replace("+00:00", "Z")
 
 
 class InternalStore:
@@ -54,7 +50,7 @@ class InternalStore:
             return {
                 **self._meta(row),
                 "versions": [
-                    {"version": v.version, "created_at": _timestamp(v.created_at), "created_by": v.created_by}
+                    {"version": v.version, "created_at": iso_utc(v.created_at), "created_by": v.created_by}
                     for v in versions
                 ],
             }
@@ -146,8 +142,8 @@ class InternalStore:
         return {
             "name": row.name,
             "current_version": row.current_version,
-            "created_at": _timestamp(row.created_at),
-            "updated_at": _timestamp(row.updated_at),
+            "created_at": iso_utc(row.created_at),
+            "updated_at": iso_utc(row.updated_at),
             "updated_by": row.updated_by,
         }
 

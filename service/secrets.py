@@ -33,7 +33,7 @@ from providers.registry import ProviderRegistry
 from service import audit
 from service.connections import INTERNAL, ConnectionService
 from service.crypto import DecryptionError, KeyRing
-from service.db import Database, PasswordAccess, ServiceState, utcnow
+from service.db import Database, PasswordAccess, ServiceState, iso_utc, utcnow
 from service.errors import ApiError, ValidationFailed
 from service.internal_store import InternalStore
 from service.observability import SECRET_FETCHES
@@ -443,7 +443,7 @@ def _password_fields(
     fields: dict[str, Any] = {
         "password": value,
         "password_version": version,
-        "password_resolved_at": resolved_at.isoformat().replace("+00:00", "Z"),
+        "password_resolved_at": iso_utc(resolved_at),
     }
     warnings = []
     if stale:

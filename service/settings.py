@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from service import audit
 from service.crypto import KeyRing
-from service.db import Database, ServiceState, SmtpSettings, utcnow
+from service.db import Database, ServiceState, SmtpSettings, iso_utc, utcnow
 from service.errors import NotFound, PreconditionFailed, ValidationFailed
 from service.schemas import SETTINGS_FIELDS, SYSTEM_DEFAULTS, credential_errors, load_settings
 
@@ -77,11 +77,7 @@ def warnings_for(effective: dict[str, Any]) -> list[str]:
     return warnings
 
 
-def _timestamp(value: dt.datetime) -> str:
-    return value.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def _etag(*parts: Any) -> str:
+def etag_of(*parts: Any) -> str:
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
     return f'"{digest[:32]}"'
 
@@ -104,7 +100,7 @@ class StoredSettings:
 
     @property
     def etag(self) -> str:
-        return _etag(self.scope, self.version, self.stamp)
+        return etag_of(self.scope, self.version, self.stamp)
 
     @functools.cached_property
     def stamp(self) -> str:
@@ -114,7 +110,7 @@ class StoredSettings:
     @functools.cached_property
     def updated_at_text(self) -> str:
         """``updated_at`` as documents show it."""
-        return _timestamp(self.updated_at)
+        return iso_utc(self.updated_at)
 
     @classmethod
     def of(cls, row: SmtpSettings) -> "StoredSettings":
@@ -276,7 +272,7 @@ class SettingsService:
             body["warnings"] = warnings_for(merged)
         body = {**{name: body[name] for name in SETTINGS_FIELDS if name in body}, **body}
         body["version"] = stored.version
-        body["updated_at"] = _timestamp(stored.updated_at)
+        body["updated_at"] = iso_utc(stored.updated_at)
         body["updated_by"] = stored.updated_by
         return body
 
@@ -304,7 +300,7 @@ class SettingsService:
             body["warnings"] = body["warnings"] + [w for w in extra.pop("warnings", []) if w not in body["warnings"]]
             body.update(extra)
         tag_parts = {k: v for k, v in body.items() if k not in ("password", "password_resolved_at")}
-        return EffectiveView(body, _etag(effective.base_tag, tag_parts), json.dumps(body).encode())
+        return EffectiveView(body, etag_of(effective.base_tag, tag_parts), json.dumps(body).encode())
 
     # writes
 
