@@ -64,7 +64,7 @@ def markup_smtp_server() -> Iterator[Any]:
 
     server = ScriptedServer(
         f"220 {MARKUP} ESMTP\r\n".encode(),
-        {"EHLO": f"554 5.7.1 {MARKUP} go away\r\n".encode(), "HELO": b"554 no\r\n", "QUIT": b"221 bye\r\n"},
+        {"EHLO": f"554 5.7.1 {MARKUP} go away\r\n".encode(), "HELO": f"554 5.7.1 {MARKUP} go away\r\n".encode(), "QUIT": b"221 bye\r\n"},
     )
     yield server
     server.close()
