@@ -110,9 +110,9 @@ def test_a_wrong_token_is_refused_with_a_message(console):
     page = console.page
     page.open()
     page.by_label("Access token").send_keys("smtpconf_not-a-token" + Keys.ENTER)  # Enter submits: keyboard works
-    error = page.find("#token-error")
-    page.wait(lambda d: error.is_displayed())
-    assert "not valid" in error.text
+    # The form is drawn anew with the message: look the element up each time.
+    page.wait(lambda d: d.find_element(By.ID, "token-error").is_displayed())
+    assert "not valid" in page.text_of("#token-error")
     assert page.driver.execute_script("return sessionStorage.length") == 0
 
 
@@ -286,3 +286,21 @@ def test_open_a_new_tenant_by_id(console, system_settings):
     page.settle()
     assert "no override yet" in page.text_of("#settings-meta")
     assert page.find("#inherited-from_email").is_displayed()
+
+
+def test_oauth2_shows_the_fields_of_each_flow_instead_of_the_password(console, system_settings):
+    console.client.put("/v1/smtp", json=system_settings, headers=console.tokens.headers("admin"))
+    page = console.page
+    page.sign_in(console.token("admin"))
+    page.settle()
+    Select(page.by_label("Authentication")).select_by_visible_text("OAuth2")
+    assert not page.find("#row-field-password").is_displayed()
+    assert Select(page.by_label("Flow")).first_selected_option.text.startswith("Microsoft")
+    for label in ("Tenant ID", "Client ID", "Scope", "Authority host"):
+        assert page.by_label(label).is_displayed()
+    assert page.button("Set client secret")
+    Select(page.by_label("Flow")).select_by_visible_text("Google service account")
+    assert page.button("Set service account key")
+    assert page.driver.find_elements(By.ID, "field-auth-tenant_id") == []
+    Select(page.by_label("Authentication")).select_by_visible_text("Password")
+    assert page.find("#row-field-password").is_displayed() and page.button("Change password")

@@ -74,7 +74,7 @@ def test_cyberark_password_is_entered_by_name(console, cyberark_ccp, tmp_path, s
     page.settle()
     page.button("Change password").click()
     Select(page.by_label("Input type")).select_by_visible_text("CyberArk")
-    value = page.wait(lambda d: d.find_element(By.CSS_SELECTOR, "input#secret-value"))
+    value = page.wait(lambda d: d.find_element(By.CSS_SELECTOR, "input#secret-value[type=text]"))
     assert "cannot list" in page.text_of("#secret-value-hint")
     value.send_keys("SMTP/relay")
     page.button("Use this password").click()

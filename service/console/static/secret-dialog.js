@@ -93,7 +93,12 @@ export async function openSecretDialog({ what, current, onChoose }) {
     return () => (select.value === OTHER ? other.input.value.trim() : select.value);
   }
 
+  // A slower listing for an earlier choice must not overwrite the current one.
+  let generation = 0;
+
   async function showType() {
+    generation += 1;
+    const mine = generation;
     const source = typeSelect.value;
     error.hidden = true;
     const same = current && current.source === source ? current : null;
@@ -106,19 +111,21 @@ export async function openSecretDialog({ what, current, onChoose }) {
     if (source === 'internal') {
       const pick = el('div');
       replace(body, pick);
-      const value = await valuePicker(pick, 'internal', 'A secret in the service\'s own store (Secrets page).', same && same.secret);
+      const value = await valuePicker(pick, 'internal', 'A secret in the service\'s own encrypted store, kept by the security team.', same && same.secret);
+      if (mine !== generation) return;
       read = () => (value() ? { source: 'internal', secret: value() } : null);
       return;
     }
     const all = await loadConnections();
-    const mine = all.filter((connection) => connection.type === source);
-    if (mine.length === 0) {
+    if (mine !== generation) return;
+    const ofType = all.filter((connection) => connection.type === source);
+    if (ofType.length === 0) {
       replace(body, el('p', { class: 'notice' }, 'No connection of this type is configured. The security team registers secret managers on the "Secret managers" page.'));
       read = () => null;
       return;
     }
     const connectionSelect = el('select', { id: 'secret-connection' },
-      mine.map((connection) => el('option', { value: connection.name, selected: same && same.provider === connection.name }, connection.name)));
+      ofType.map((connection) => el('option', { value: connection.name, selected: same && same.provider === connection.name }, connection.name)));
     const pick = el('div');
     const extra = el('div');
     replace(body, field({ id: 'secret-connection', label: 'Connection', control: connectionSelect }), pick, extra);
@@ -137,6 +144,7 @@ export async function openSecretDialog({ what, current, onChoose }) {
     const load = async () => { value = await valuePicker(pick, connectionSelect.value, hints[source], initial); };
     connectionSelect.addEventListener('change', load);
     await load();
+    if (mine !== generation) return;
     read = () => {
       const name = value();
       if (!name) return null;

@@ -202,7 +202,7 @@ class SettingsPage {
   }
 
   renderAuthentication() {
-    const set = el('fieldset', {}, el('legend', {}, 'Authentication'));
+    const set = el('fieldset', {}, el('legend', {}, 'Credentials'));
     this.authRow = this.row({ name: 'auth_method', label: 'Authentication', kind: 'select', options: [['password', 'Password'], ['oauth2', 'OAuth2']] }, set);
     // auth_method stands for auth.method; its inherit state is auth's.
     const ownAuth = Object.prototype.hasOwnProperty.call(this.doc, 'auth');
