@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select
 
-from tests.console.conftest import MARKUP
 from tests.fixtures.smtp_servers import PASSWORD, USERNAME
 
 STATIC = Path(__file__).resolve().parents[2] / "service" / "console" / "static"
