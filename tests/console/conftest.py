@@ -27,8 +27,10 @@ def chromium() -> Iterator[Any]:
 
 
 @pytest.fixture
-def console(make_app: Callable[..., Flask], starttls_smtp_server: Any, markup_smtp_server: Any, chromium: Any) -> Iterator["Console"]:
-    ports = [starttls_smtp_server.port, markup_smtp_server.port]
+def console(
+    make_app: Callable[..., Flask], starttls_smtp_server: Any, markup_smtp_server: Any, silent_server: Any, chromium: Any
+) -> Iterator["Console"]:
+    ports = [starttls_smtp_server.port, markup_smtp_server.port, silent_server.port]
     app = make_app(smtp_allowed_ports=",".join(map(str, [25, 465, 587, 2525, *ports])), rate_limit_per_minute=1000)
     served = ServedApp(app)
     chromium.delete_all_cookies()

@@ -304,3 +304,23 @@ def test_oauth2_shows_the_fields_of_each_flow_instead_of_the_password(console, s
     assert page.driver.find_elements(By.ID, "field-auth-tenant_id") == []
     Select(page.by_label("Authentication")).select_by_visible_text("Password")
     assert page.find("#row-field-password").is_displayed() and page.button("Change password")
+
+
+def test_a_check_is_busy_for_as_long_as_the_server_keeps_silent_then_times_out(console, silent_server):
+    page = console.page
+    page.sign_in(console.token("admin"))
+    page.settle()
+    page.fill("SMTP server", "127.0.0.1")
+    page.fill("SMTP port", str(silent_server.port))
+    Select(page.by_label("SMTP type")).select_by_visible_text("None")
+    page.fill("From email", "noreply@example.com")
+    page.fill("Timeout (seconds)", "2")
+    button = page.button("Validate configuration")
+    button.click()
+    # Busy at once: disabled, announced, and the other check cannot start meanwhile.
+    assert button.get_attribute("data-state") == "busy" and button.get_attribute("aria-busy") == "true"
+    assert not button.is_enabled() and not page.driver.find_element(By.ID, "test-connection").is_enabled()
+    assert "up to 2 seconds" in page.text_of("#check-progress")
+    assert wait_state(page, "Validate configuration") == "failure"
+    assert button.is_enabled() and button.get_attribute("aria-busy") == "false"
+    assert "timeout" in page.text_of("#check-result [role=alert]")
