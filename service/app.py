@@ -16,6 +16,7 @@ from werkzeug.utils import cached_property
 
 from providers.registry import ProviderRegistry
 from service.api import register_error_handlers
+from service.body_drain import DrainUnreadBody
 from service.checks import CheckService
 from service.config import Config, ConfigError
 from service.crypto import KeyRing
@@ -108,6 +109,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     configure_logging(config.log_level)
     app = Flask(__name__, static_folder=None)
     app.request_class = Request
+    app.wsgi_app = DrainUnreadBody(app.wsgi_app)  # type: ignore[method-assign]
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, TESTING=config.testing)
     app.extensions["smtpconf"] = build_services(config)
     register_error_handlers(app)

@@ -164,9 +164,33 @@ def run_gunicorn(bind: str, workers: int) -> None:
         def load(self) -> Any:
             from service.wsgi import app
 
+            _honour_connection_close()
             return app
 
     Server().run()
+
+
+def _honour_connection_close() -> None:
+    """Make gunicorn close the connection when the application answers ``Connection: close``.
+
+    gunicorn drops hop-by-hop headers from the application and would announce
+    keep-alive, then close anyway when a large unread body is left (see
+    ``service.body_drain``): the client's next request on that connection fails.
+    """
+    from gunicorn.http import wsgi
+
+    if getattr(wsgi.Response, "honours_connection_close", False):
+        return
+
+    class Response(wsgi.Response):  # type: ignore[misc,valid-type]
+        honours_connection_close = True
+
+        def process_headers(self, headers: list[tuple[str, str]]) -> None:
+            super().process_headers(headers)
+            if any(k.lower() == "connection" and v.strip().lower() == "close" for k, v in headers):
+                self.force_close()
+
+    wsgi.Response = Response
 
 
 def parser() -> argparse.ArgumentParser:

@@ -6,9 +6,14 @@ import ipaddress
 import re
 from typing import Any
 
+import email_validator
 import idna
 from email_validator import EmailNotValidError, validate_email
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+# The library refuses special-use domains (local, test, ...) even when it is told
+# not to judge deliverability; emptying this list is its documented way to allow them.
+email_validator.SPECIAL_USE_DOMAIN_NAMES.clear()
 
 NOTIFICATION_TYPES = (
     "password_recovery",
@@ -64,12 +69,17 @@ def _no_line_breaks(value: str) -> None:
 
 
 def check_address(value: str) -> str:
-    """RFC 5321/5322 syntax, internationalised domains accepted, no CR/LF anywhere."""
+    """RFC 5321/5322 syntax, internationalised domains accepted, no CR/LF anywhere.
+
+    Syntax, not public deliverability: company mail lives in ``corp.local`` or
+    ``host.internal`` and test rigs in ``mail.test``, so special-use and
+    single-label domains pass.
+    """
     _no_line_breaks(value)
     if _CONTROL.search(value):
         raise ValidationError("Must not contain control characters.")
     try:
-        validate_email(value, check_deliverability=False, allow_smtputf8=True)
+        validate_email(value, check_deliverability=False, globally_deliverable=False, allow_smtputf8=True)
     except EmailNotValidError as exc:
         raise ValidationError(f"Not a valid email address: {exc}") from None
     return value

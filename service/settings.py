@@ -276,6 +276,16 @@ class SettingsService:
         body["updated_by"] = stored.updated_by
         return body
 
+    @staticmethod
+    def notification_fields(effective: Effective, notification: str) -> dict[str, Any]:
+        """What a mail of type ``notification`` carries: Cc and Bcc only for the preferred types."""
+        preferred = notification in effective.document["preferred_notifications"]
+        return {
+            "notification": notification,
+            "cc": effective.document["cc"] if preferred else [],
+            "bcc": effective.document["bcc"] if preferred else [],
+        }
+
     def effective_view(self, effective: Effective, extra: dict[str, Any] | None = None) -> EffectiveView:
         """The effective document and its ETag (which follows the password version); shared, read-only."""
         key = _flat_key(extra)

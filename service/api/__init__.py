@@ -8,7 +8,7 @@ import logging
 from typing import Any, Callable, TypeVar
 
 from flask import Flask, Response, current_app, g, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from service.errors import ApiError, Forbidden, InvalidJson, Unauthorized, ValidationFailed
 from service.tokens import Principal
@@ -71,9 +71,16 @@ def requires(*roles: str) -> Callable[[F], F]:
 
 
 def json_body(optional: bool = False) -> Any:
-    """The parsed JSON body; 400 ``invalid_json`` when it does not parse; ``optional``: None when empty."""
+    """The parsed JSON body; 400 ``invalid_json`` when it does not parse; ``optional``: None when empty.
+
+    Only a body of no bytes at all is "no body": whitespace alone is not a JSON text.
+    """
     raw = request.get_data(cache=True)
-    if not raw.strip():
+    if request.content_length is None and len(raw) >= (request.max_content_length or len(raw) + 1):
+        # A streamed (chunked) body is cut at the limit without a word: one byte more is too large.
+        if request.environ["wsgi.input"].read(1):
+            raise RequestEntityTooLarge()
+    if not raw:
         if optional:
             return None
         raise InvalidJson("The request needs a JSON body.")
