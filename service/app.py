@@ -32,6 +32,7 @@ from service.secrets import SecretsService
 from service.settings import SettingsService
 from service.smtp_check import DestinationPolicy
 from service.tokens import Authenticator
+from service.transport import ClientOrigin, parse_networks
 
 MAX_BODY_BYTES = 64 * 1024
 log = logging.getLogger("smtpconf.http")
@@ -109,7 +110,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     configure_logging(config.log_level)
     app = Flask(__name__, static_folder=None)
     app.request_class = Request
-    app.wsgi_app = DrainUnreadBody(app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = ClientOrigin(DrainUnreadBody(app.wsgi_app), parse_networks(config.trusted_proxies))  # type: ignore[method-assign]
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, TESTING=config.testing)
     app.extensions["smtpconf"] = build_services(config)
     register_error_handlers(app)
@@ -146,6 +147,7 @@ def _register_request_hooks(app: Flask) -> None:
                 "status": response.status_code,
                 "duration_ms": round(elapsed * 1000, 2),
                 "principal": getattr(g.get("principal"), "name", None),
+                "client": request.remote_addr,
             },
         )
         return response

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from service.transport import parse_networks
+
 DEFAULT_DATABASE_PATH = Path("var") / "smtpconf.db"
 
 
@@ -45,6 +47,10 @@ class Config:
     log_level: str = "INFO"
     rate_limit_per_minute: int = 30
     secret_sync_interval_seconds: float = 1.0
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    allow_plaintext_secrets: bool = False
+    trusted_proxies: str | None = None
     testing: bool = False
 
     @classmethod
@@ -60,7 +66,7 @@ class Config:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in raw.items() if k in known}
         values.setdefault("database_url", default_database_url())
-        for name in ("fips_mode", "testing"):
+        for name in ("fips_mode", "testing", "allow_plaintext_secrets"):
             if name in values:
                 values[name] = _as_bool(values[name])
         if "rate_limit_per_minute" in values:
@@ -68,6 +74,12 @@ class Config:
         if "secret_sync_interval_seconds" in values:
             values["secret_sync_interval_seconds"] = float(values["secret_sync_interval_seconds"])
         values["database_url"] = normalise_database_url(str(values["database_url"]))
+        if bool(values.get("tls_cert_file")) != bool(values.get("tls_key_file")):
+            raise ConfigError("SMTPCONF_TLS_CERT_FILE and SMTPCONF_TLS_KEY_FILE are set together or not at all")
+        try:
+            parse_networks(values.get("trusted_proxies"))
+        except ValueError as exc:
+            raise ConfigError(f"SMTPCONF_TRUSTED_PROXIES: {exc}") from None
         return cls(**values)
 
 

@@ -98,3 +98,9 @@ class ServiceUnavailable(ApiError):
     status = 503
     code = "service_unavailable"
     title = "Service unavailable"
+
+
+class TlsRequired(ApiError):
+    status = 403
+    code = "tls_required"
+    title = "A secret is only sent over HTTPS"

@@ -10,8 +10,9 @@ from typing import Any, Callable, TypeVar
 from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from service.errors import ApiError, Forbidden, InvalidJson, Unauthorized, ValidationFailed
+from service.errors import ApiError, Forbidden, InvalidJson, TlsRequired, Unauthorized, ValidationFailed
 from service.tokens import Principal
+from service.transport import secrets_may_travel
 
 log = logging.getLogger("smtpconf.api")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -68,6 +69,16 @@ def requires(*roles: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def require_secure_transport() -> None:
+    """403 ``tls_required`` unless a secret may go back over this request's transport."""
+    config = current_app.extensions["smtpconf"].config
+    if not secrets_may_travel(request.environ, allow_plaintext=config.allow_plaintext_secrets):
+        raise TlsRequired(
+            "This response carries a secret: ask over HTTPS (or, behind a proxy that encrypts, "
+            "have the operator set SMTPCONF_ALLOW_PLAINTEXT_SECRETS=true)."
+        )
 
 
 def json_body(optional: bool = False) -> Any:

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
-from service.api import json_body, json_response, principal, query_flag, requires
+from service.api import json_body, json_response, principal, query_flag, require_secure_transport, requires
 from service.errors import Forbidden, NotFound, ValidationFailed
 from service.schemas import NOTIFICATION_TYPES
 from service.settings import SYSTEM_SCOPE, tenant_scope
@@ -84,6 +84,8 @@ def _effective(tenant: str | None) -> Response:
     include_password = query_flag("include_password")
     if include_password and "secret-reader" not in caller.roles:
         raise Forbidden("include_password=true needs the secret-reader role.")
+    if include_password:
+        require_secure_transport()
     if tenant is not None:
         tenant_scope(tenant)
     notification = request.args.get("notification")
