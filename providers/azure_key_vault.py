@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
@@ -20,6 +21,7 @@ from providers.base import (
     ProviderUnavailable,
     ReferenceSchema,
     SecretNotAllowed,
+    SecretListing,
     SecretNotFound,
     SecretProvider,
     SecretValue,
@@ -56,6 +58,11 @@ def _sdk() -> SimpleNamespace:
 #: What ``check()`` reads. It need not exist: "not found" (or "forbidden") from
 #: the vault proves that it was reached and accepted the service's token.
 CHECK_SECRET = "smtpconf-connectivity-check"
+
+#: Secrets one listing reads the properties of (Key Vault pages them 25 at a time).
+MAX_LISTED = 25_000
+#: Wall time one listing may take before it answers with what it found (``truncated``).
+LIST_DEADLINE_SECONDS = 10.0
 
 _TENANT = validate.Regexp(r"^[0-9A-Za-z.-]{1,128}$", error="Not a tenant ID or domain.")
 _CLIENT_ID = validate.Length(min=1, max=128)
@@ -189,6 +196,24 @@ class AzureKeyVaultProvider(SecretProvider):
             self._call(lambda client: client.get_secret(CHECK_SECRET), CHECK_SECRET)
         except (SecretNotFound, SecretNotAllowed):
             pass
+
+    def list_secrets(self, prefix: str, *, accept: Callable[[str], bool], limit: int) -> SecretListing:
+        """Names of the vault's secrets (``List Secrets``: properties only, never a value)."""
+        deadline = time.monotonic() + LIST_DEADLINE_SECONDS
+
+        def walk(client: SecretClient) -> SecretListing:
+            names: list[str] = []
+            for scanned, properties in enumerate(client.list_properties_of_secrets()):
+                if scanned >= MAX_LISTED or time.monotonic() >= deadline:
+                    return SecretListing(names, truncated=True)
+                name = properties.name or ""
+                if name.startswith(prefix) and accept(name):
+                    if len(names) >= limit:
+                        return SecretListing(names, truncated=True)
+                    names.append(name)
+            return SecretListing(names)
+
+        return self._call(walk, f"{prefix}*")
 
     def close(self) -> None:
         """Close the vault client and the credential's transport."""

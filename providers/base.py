@@ -55,6 +55,13 @@ class SecretNotAllowed(ProviderError):
     status = 422
 
 
+class ListingNotSupported(ProviderError):
+    """The manager cannot list secret names (CyberArk's CCP only answers for one object)."""
+
+    code = "listing_not_supported"
+    status = 409
+
+
 class ProviderMisconfigured(ProviderError):
     """The connection document cannot work (missing credential, bad URL, ...)."""
 
@@ -71,6 +78,14 @@ class SecretValue:
     expires_at: dt.datetime | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class SecretListing:
+    """Secret names a manager listed (never values); ``truncated`` when a bound cut the list short."""
+
+    names: list[str]
+    truncated: bool = False
+
+
 class CredentialResolver(Protocol):
     """Turns a credential reference ``{"env"|"file"|"internal": ...}`` into its value."""
 
@@ -81,6 +96,8 @@ class InternalStore(Protocol):
     """The service's own encrypted secret store, as the ``internal`` provider sees it."""
 
     def read(self, name: str, version: int | None = None) -> SecretValue: ...
+
+    def names(self) -> list[str]: ...
 
 
 @dataclasses.dataclass
@@ -170,6 +187,16 @@ class SecretProvider(abc.ABC):
 
     def check(self) -> None:
         """Reach and authenticate to the manager; raise a ``ProviderError`` if it fails."""
+
+    def list_secrets(self, prefix: str, *, accept: Callable[[str], bool], limit: int) -> SecretListing:
+        """Names (as ``secret_name`` gives them) starting with ``prefix`` that ``accept`` lets through.
+
+        At most ``limit`` names, in the manager's order; a provider also bounds
+        the work it does (requests made, entries scanned, time spent) and sets
+        ``truncated`` when it stopped early. Values are never read. Managers that
+        cannot list raise ``ListingNotSupported`` (the default).
+        """
+        raise ListingNotSupported(f"the {self.source} source cannot list secret names; enter the name")
 
     @classmethod
     def secret_name(cls, reference: Mapping[str, Any]) -> str:

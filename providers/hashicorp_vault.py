@@ -10,6 +10,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Mapping
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -28,6 +29,7 @@ from providers.base import (
     ProviderUnavailable,
     ReferenceSchema,
     SecretNotAllowed,
+    SecretListing,
     SecretNotFound,
     SecretProvider,
     SecretValue,
@@ -39,6 +41,10 @@ _T = TypeVar("_T")
 KUBERNETES_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 #: A token is renewed (or replaced by a new login) once this fraction of its lease has passed.
 REFRESH_AT_LEASE_FRACTION = 2 / 3
+#: Folder LISTs one listing may make: a picker needs names, not a crawl of the whole mount.
+MAX_LIST_REQUESTS = 200
+#: Wall time one listing may take before it answers with what it found (``truncated``).
+LIST_DEADLINE_SECONDS = 10.0
 
 if TYPE_CHECKING:
     import hvac
@@ -288,6 +294,52 @@ class HashiCorpVaultProvider(SecretProvider):
             self._with_relogin(lambda client: client.auth.token.lookup_self())
         except _sdk().vendor_errors as exc:
             raise _translate(exc, action, authenticating=True) from exc
+
+    def list_secrets(self, prefix: str, *, accept: Callable[[str], bool], limit: int) -> SecretListing:
+        """Secret paths under ``prefix``, by KV LIST of each folder, breadth first.
+
+        ``prefix`` need not end at a folder: ``mail/sm`` lists ``mail/`` and keeps
+        what starts with ``mail/sm``. Folders outside the prefix are not entered;
+        at most ``MAX_LIST_REQUESTS`` folders and ``LIST_DEADLINE_SECONDS`` per listing.
+        A folder the token may not list is skipped unless it is the first one.
+        """
+        settings = self._config()
+        deadline = time.monotonic() + LIST_DEADLINE_SECONDS
+        folders: deque[str] = deque([prefix[: prefix.rfind("/") + 1]])
+        names: list[str] = []
+        requests_made = 0
+        while folders:
+            if requests_made >= MAX_LIST_REQUESTS or time.monotonic() >= deadline:
+                return SecretListing(names, truncated=True)
+            folder = folders.popleft()
+            requests_made += 1
+            try:
+                keys = self._with_relogin(lambda client: self._list(client, folder))
+            except _sdk().vendor_errors as exc:
+                error = _translate(exc, f"listing {folder or '/'!r} in mount {settings['mount']!r}")
+                if isinstance(error, SecretNotAllowed) and requests_made > 1:
+                    continue  # the policy hides this subfolder; the rest is still worth showing
+                raise error from exc
+            for key in keys:
+                path = folder + key
+                if key.endswith("/"):
+                    # Entered only when it can hold names under the prefix.
+                    if path.startswith(prefix) or prefix.startswith(path):
+                        folders.append(path)
+                elif path.startswith(prefix) and accept(path):
+                    if len(names) >= limit:
+                        return SecretListing(names, truncated=True)
+                    names.append(path)
+        return SecretListing(names)
+
+    def _list(self, client: hvac.Client, folder: str) -> list[str]:
+        settings = self._config()
+        kv = client.secrets.kv.v1 if settings["kv_version"] == 1 else client.secrets.kv.v2
+        try:
+            response = kv.list_secrets(folder, mount_point=settings["mount"])
+        except _sdk().errors.InvalidPath:
+            return []  # Vault answers 404 for a folder with nothing in it
+        return [str(key) for key in (response.get("data") or {}).get("keys") or []]
 
     def close(self) -> None:
         """Close the HTTP session and delete the CA file."""

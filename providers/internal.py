@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from marshmallow import RAISE, fields, validate
 
@@ -11,6 +11,7 @@ from providers.base import (
     ProviderMisconfigured,
     ReferenceSchema,
     SecretNotFound,
+    SecretListing,
     SecretProvider,
     SecretValue,
 )
@@ -62,3 +63,11 @@ class InternalProvider(SecretProvider):
             store.read(CHECK_SECRET)
         except SecretNotFound:
             pass  # the store answered: that is all a check asks
+
+    def list_secrets(self, prefix: str, *, accept: Callable[[str], bool], limit: int) -> SecretListing:
+        """Names in the store under ``prefix``; the store is one table, read in one query."""
+        store = self.context.internal_store
+        if store is None:
+            raise ProviderMisconfigured("the internal store is not available here")
+        names = [name for name in store.names() if name.startswith(prefix) and accept(name)]
+        return SecretListing(names[:limit], truncated=len(names) > limit)

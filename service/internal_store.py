@@ -37,6 +37,11 @@ class InternalStore:
             rows = session.scalars(sa.select(InternalSecret).order_by(InternalSecret.name))
             return [self._meta(row) for row in rows]
 
+    def names(self) -> list[str]:
+        """Every secret's name, in name order; never a value."""
+        with self.db.read() as session:
+            return list(session.scalars(sa.select(InternalSecret.name).order_by(InternalSecret.name)))
+
     def get(self, name: str) -> dict[str, Any]:
         with self.db.read() as session:
             row = session.get(InternalSecret, check_name(name))

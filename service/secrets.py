@@ -41,6 +41,8 @@ from service.settings import bump_generation, plaintext_context, read_generation
 
 log = logging.getLogger("smtpconf.secrets")
 EXPIRY_WARNING = dt.timedelta(days=14)
+#: Names one listing answers with, at most (pickers, not exports).
+MAX_LISTED_NAMES = 1000
 READINESS_TTL = 5.0
 MAX_PLANS = 256
 
@@ -401,6 +403,19 @@ class SecretsService:
         """A rotation in the internal store: no instance may keep serving the old value."""
         self.cache.invalidate(provider=INTERNAL, secret=name)
         self._announce("cache_generation")
+
+    def list_names(self, name: str, prefix: str) -> dict[str, Any]:
+        """Secret names the connection's manager lists under ``prefix`` and its ``allowed_secrets`` allow."""
+        record = self.connections.get(name)
+        allowed = record["document"].get("allowed_secrets", [])
+        try:
+            listing = self._provider(name, record).list_secrets(
+                prefix, accept=lambda secret: secret_allowed(secret, allowed), limit=MAX_LISTED_NAMES
+            )
+        except ProviderError as exc:
+            log.warning("secret listing failed", extra={"provider": name, "error_code": exc.code})
+            raise ApiError(exc.message, status=exc.status, code=exc.code, title="The secret manager cannot list") from None
+        return {"names": listing.names, "truncated": listing.truncated}
 
     def check_connection(self, name: str) -> dict[str, Any]:
         record = self.connections.get(name)

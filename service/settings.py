@@ -332,6 +332,24 @@ class SettingsService:
             document["password"] = self.check_reference(password)
         return self._write(scope, document, actor=actor, if_match=if_match)
 
+    def tenants(self, *, after: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+        """Tenants with an override, in id order, ``limit`` after ``after``; and the next cursor."""
+        query = (
+            sa.select(SmtpSettings.scope, SmtpSettings.version, SmtpSettings.updated_at, SmtpSettings.updated_by)
+            .where(SmtpSettings.scope.startswith("tenant:", autoescape=True))
+            .order_by(SmtpSettings.scope)
+            .limit(limit + 1)
+        )
+        if after is not None:
+            query = query.where(SmtpSettings.scope > tenant_scope(after))
+        with self.db.read() as session:
+            rows = session.execute(query).all()
+        items = [
+            {"tenant": scope.removeprefix("tenant:"), "version": version, "updated_at": iso_utc(at), "updated_by": by}
+            for scope, version, at, by in rows[:limit]
+        ]
+        return items, (items[-1]["tenant"] if len(rows) > limit else None)
+
     def delete(self, scope: str, *, actor: str, if_match: str | None) -> None:
         with self.db.transaction() as session:
             row = session.execute(

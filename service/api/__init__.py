@@ -126,6 +126,21 @@ def query_flag(name: str) -> bool:
     raise ValidationFailed(f"Query parameter {name} must be true or false.", errors={name: ["Must be true or false."]})
 
 
+def int_query(name: str, default: int | None, low: int, high: int, errors: dict[str, list[str]]) -> int | None:
+    """An integer query parameter within [low, high]; a bad one is noted in ``errors`` (for one 422)."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        errors[name] = ["Must be an integer."]
+        return default
+    if not low <= value <= high:
+        errors[name] = [f"Must be between {low} and {high}."]
+    return value
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(error: ApiError) -> Response:

@@ -7,7 +7,7 @@ from pathlib import Path
 from flask import Blueprint, Response, current_app, request
 
 from service import audit
-from service.api import json_response, requires
+from service.api import int_query, json_response, principal, requires
 from service.errors import ValidationFailed
 
 bp = Blueprint("ops", __name__)
@@ -39,28 +39,21 @@ def openapi() -> Response:
     return Response(OPENAPI_PATH.read_bytes(), mimetype="application/yaml")
 
 
+@bp.get("/v1/whoami")
+@requires()
+def whoami() -> Response:
+    caller = principal()
+    return json_response({"name": caller.name, "roles": sorted(caller.roles)})
+
+
 @bp.get("/v1/audit")
 @requires("admin", "security")
 def audit_trail() -> Response:
     errors: dict[str, list[str]] = {}
-    limit = _int_arg("limit", 50, 1, 500, errors)
-    before = _int_arg("before", None, 1, 2**62, errors)
+    limit = int_query("limit", 50, 1, 500, errors)
+    before = int_query("before", None, 1, 2**62, errors)
     if errors:
         raise ValidationFailed(errors=errors)
     with current_app.extensions["smtpconf"].db.read() as session:
         items, next_cursor = audit.page(session, limit=limit, before_id=before)
     return json_response({"items": items, "next_before": next_cursor})
-
-
-def _int_arg(name: str, default: int | None, low: int, high: int, errors: dict[str, list[str]]) -> int | None:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        errors[name] = ["Must be an integer."]
-        return default
-    if not low <= value <= high:
-        errors[name] = [f"Must be between {low} and {high}."]
-    return value

@@ -12,6 +12,7 @@ from service.errors import ValidationFailed
 
 bp = Blueprint("secret_providers", __name__)
 MAX_PROVIDER_NAME = 128
+MAX_PREFIX = 512
 
 
 def _secrets() -> Any:
@@ -56,6 +57,15 @@ def delete_connection(name: str) -> Response:
 @requires("security")
 def check_connection(name: str) -> Response:
     return json_response(_secrets().check_connection(name))
+
+
+@bp.get("/v1/secret-providers/<name>/secrets")
+@requires("security", "admin")
+def list_secret_names(name: str) -> Response:
+    prefix = request.args.get("prefix", "")
+    if len(prefix) > MAX_PREFIX or any(ord(c) < 0x20 or c in "\x7f\ufffd" for c in prefix):
+        raise ValidationFailed(errors={"prefix": [f"At most {MAX_PREFIX} printable characters."]})
+    return json_response(_secrets().list_names(name, prefix), headers={"Cache-Control": "no-store"})
 
 
 @bp.get("/v1/secret-provider-types")

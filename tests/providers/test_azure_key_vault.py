@@ -96,6 +96,9 @@ class FakeKeyVault:
         mocker.post(TOKEN_URL, json=self._token)
         mocker.get(IMDS_URL, json=self._imds_token)
         mocker.get(re.compile(re.escape(self.url) + r"/secrets/.*"), json=self._get_secret)
+        mocker.get(re.compile(re.escape(self.url) + r"/secrets\?.*"), json=self._list_secrets)
+        #: Secrets per page of List Secrets (Key Vault's own default is 25).
+        self.page_size = 25
 
     def store(self, name: str, value: str, enabled: bool = True, expires_on: dt.datetime | None = None) -> str:
         """Add a version (the newest) of secret ``name``; returns the version id."""
@@ -140,7 +143,8 @@ class FakeKeyVault:
         issued = self._issue()
         return {**issued, "expires_in": "3600", "resource": RESOURCE}
 
-    def _get_secret(self, request: Any, context: Any) -> dict[str, Any]:
+    def _refusal(self, request: Any, context: Any) -> dict[str, Any] | None:
+        """The challenge for a request without a valid token, or the outage answer; None to go on."""
         authorization = request.headers.get("Authorization", "")
         if authorization.removeprefix("Bearer ") not in self.tokens:
             context.status_code = 401
@@ -151,6 +155,31 @@ class FakeKeyVault:
         if self.outage_status is not None:
             context.status_code = self.outage_status
             return {"error": {"code": "ServiceUnavailable", "message": "The service is busy."}}
+        return None
+
+    def _list_secrets(self, request: Any, context: Any) -> dict[str, Any]:
+        """List Secrets: ids and attributes (never values), paged with ``nextLink`` and an opaque skip token."""
+        refused = self._refusal(request, context)
+        if refused is not None:
+            return refused
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(request.url).query))
+        start = int(query.get("$skiptoken", "0"))
+        names = sorted(self.versions)
+        page = names[start : start + self.page_size]
+        more = start + self.page_size < len(names)
+        return {
+            "value": [
+                {"id": f"{self.url}/secrets/{name}", "attributes": self.versions[name][-1]["attributes"]} for name in page
+            ],
+            "nextLink": f"{self.url}/secrets?api-version={query['api-version']}&$skiptoken={start + self.page_size}"
+            if more
+            else None,
+        }
+
+    def _get_secret(self, request: Any, context: Any) -> dict[str, Any]:
+        refused = self._refusal(request, context)
+        if refused is not None:
+            return refused
         path = urllib.parse.urlsplit(request.url).path
         _, _, name, version = (path.split("/") + [""])[:4]
         if name in self.denied:
@@ -549,3 +578,32 @@ def test_reference_schema_refuses_names_key_vault_cannot_hold(secret: str, versi
 def test_reference_schema_accepts_a_pinned_version() -> None:
     loaded = AzureKeyVaultProvider.reference_schema().load(reference("smtp-relay", "0123456789abcdef0123456789abcdef"))
     assert loaded["version"] == "0123456789abcdef0123456789abcdef"
+
+
+def test_listing_pages_through_the_vault_and_keeps_only_accepted_names(vault: FakeKeyVault) -> None:
+    vault.page_size = 2
+    for name in ("smtp-relay", "smtp-backup", "db-root", "smtp-bulk", "other"):
+        vault.store(name, f"value-of-{name}-{CANARY}")
+
+    listing = AzureKeyVaultProvider(connection(vault.url), CONTEXT).list_secrets(
+        "smtp-", accept=lambda name: name != "smtp-bulk", limit=1000
+    )
+
+    assert listing.names == ["smtp-backup", "smtp-relay"] and listing.truncated is False
+    listed = [r for r in vault.requests_to(vault.url + "/secrets?")]
+    assert len(listed) >= 3  # three pages of two (plus the unauthenticated challenge)
+    assert all("value-of" not in (r.text or "") for r in listed)
+
+
+def test_listing_stops_at_the_limit_and_says_so(vault: FakeKeyVault) -> None:
+    for index in range(5):
+        vault.store(f"smtp-{index}", "x")
+    listing = AzureKeyVaultProvider(connection(vault.url), CONTEXT).list_secrets("", accept=lambda _: True, limit=3)
+    assert listing.names == ["smtp-0", "smtp-1", "smtp-2"] and listing.truncated is True
+
+
+def test_listing_during_an_outage_is_provider_unavailable(vault: FakeKeyVault) -> None:
+    vault.store("smtp-relay", "x")
+    vault.outage_status = 503
+    with pytest.raises(ProviderUnavailable):
+        AzureKeyVaultProvider(connection(vault.url), CONTEXT).list_secrets("", accept=lambda _: True, limit=10)
