@@ -32,6 +32,16 @@ def _as_int(name: str, value: Any) -> int:
         raise ConfigError(f"SMTPCONF_{name} must be an integer") from None
 
 
+def _as_float(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"SMTPCONF_{name} must be a number") from None
+    if not number >= 0:
+        raise ConfigError(f"SMTPCONF_{name} must not be negative")
+    return number
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Typed view of the service configuration."""
@@ -45,6 +55,8 @@ class Config:
     log_level: str = "INFO"
     rate_limit_per_minute: int = 30
     secret_sync_interval_seconds: float = 1.0
+    database_timeout_seconds: float = 5.0
+    token_outage_grace_seconds: float = 300.0
     testing: bool = False
 
     @classmethod
@@ -65,8 +77,9 @@ class Config:
                 values[name] = _as_bool(values[name])
         if "rate_limit_per_minute" in values:
             values["rate_limit_per_minute"] = _as_int("RATE_LIMIT_PER_MINUTE", values["rate_limit_per_minute"])
-        if "secret_sync_interval_seconds" in values:
-            values["secret_sync_interval_seconds"] = float(values["secret_sync_interval_seconds"])
+        for name in ("secret_sync_interval_seconds", "database_timeout_seconds", "token_outage_grace_seconds"):
+            if name in values:
+                values[name] = _as_float(name.upper(), values[name])
         values["database_url"] = normalise_database_url(str(values["database_url"]))
         return cls(**values)
 
