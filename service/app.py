@@ -27,6 +27,7 @@ from service.observability import (
     configure_logging,
     set_request_id,
 )
+from service.rotation_events import RotationEvents
 from service.secrets import SecretsService
 from service.settings import SettingsService
 from service.smtp_check import DestinationPolicy
@@ -69,6 +70,7 @@ class Services:
     secrets: SecretsService
     checks: CheckService
     authenticate: Authenticator
+    events: RotationEvents
 
     def close(self) -> None:
         self.secrets.close()
@@ -103,7 +105,8 @@ def build_services(config: Config) -> Services:
     except ValueError as exc:
         raise ConfigError(f"SMTPCONF_SMTP_ALLOWED_PORTS / SMTPCONF_SMTP_DENIED_NETWORKS: {exc}") from None
     checks = CheckService(settings, secrets, policy, fips_mode=config.fips_mode, rate_limit=config.rate_limit_per_minute)
-    return Services(config, db, keyring, registry, settings, secrets, checks, Authenticator(db, outage_grace=config.token_outage_grace_seconds))
+    authenticate = Authenticator(db, outage_grace=config.token_outage_grace_seconds)
+    return Services(config, db, keyring, registry, settings, secrets, checks, authenticate, RotationEvents(db, secrets))
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:

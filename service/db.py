@@ -125,6 +125,19 @@ class PasswordAccess(Base):
     first_at: Mapped[dt.datetime]
 
 
+class EventKey(Base):
+    """The key a secret manager's events must carry for one connection: only its hash."""
+
+    __tablename__ = "event_keys"
+
+    provider: Mapped[str] = mapped_column(
+        sa.String(128), sa.ForeignKey("secret_providers.name", ondelete="CASCADE"), primary_key=True
+    )
+    key_hash: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[dt.datetime]
+    created_by: Mapped[str] = mapped_column(sa.String(128))
+
+
 class ServiceState(Base):
     """Counters shared by every instance on one database (change generations)."""
 

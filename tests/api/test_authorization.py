@@ -33,6 +33,7 @@ MATRIX = [
     ("PUT", "/v1/secret-providers/internal", {"security"}, {"type": "internal", "allowed_secrets": ["smtp/*"]}),
     ("DELETE", "/v1/secret-providers/no-such-connection", {"security"}, None),
     ("POST", "/v1/secret-providers/internal/check", {"security"}, None),
+    ("POST", "/v1/secret-providers/internal/event-key", {"security"}, None),
     ("GET", "/v1/secret-provider-types", ANY, None),
     ("POST", "/v1/secret-cache/invalidate", {"security"}, None),
     ("GET", "/v1/secrets", {"security"}, None),
