@@ -28,6 +28,7 @@ from service.observability import (
     configure_logging,
     set_request_id,
 )
+from service.rotation_events import RotationEvents
 from service.secrets import SecretsService
 from service.settings import SettingsService
 from service.smtp_check import DestinationPolicy
@@ -71,24 +72,29 @@ class Services:
     secrets: SecretsService
     checks: CheckService
     authenticate: Authenticator
+    events: RotationEvents
 
     def close(self) -> None:
         self.secrets.close()
         self.db.dispose()
 
     def readiness(self) -> dict[str, Any]:
+        """Database and secret managers. With the database down, an instance that
+        holds settings in memory still serves senders: ``degraded``, not ``down``."""
         try:
             self.db.ping()
         except Exception as exc:
             log.error("database not reachable", extra={"error": type(exc).__name__})
-            return {"status": "down", "database": "down", "providers": {}}
+            serving = self.settings.holds_settings()
+            return {"status": "degraded" if serving else "down", "database": "down", "providers": {}}
+        database = "ok" if self.db.writable() else "read_only"
         providers = self.secrets.readiness()
-        degraded = any(p["status"] != "ok" for p in providers.values())
-        return {"status": "degraded" if degraded else "ok", "database": "ok", "providers": providers}
+        degraded = database != "ok" or any(p["status"] != "ok" for p in providers.values())
+        return {"status": "degraded" if degraded else "ok", "database": database, "providers": providers}
 
 
 def build_services(config: Config) -> Services:
-    db = Database(config.database_url)
+    db = Database(config.database_url, timeout=config.database_timeout_seconds)
     keyring = KeyRing.from_config(config)
     registry = ProviderRegistry.from_entry_points()
     secrets = SecretsService(db, keyring, registry, sync_interval=config.secret_sync_interval_seconds)
@@ -101,7 +107,8 @@ def build_services(config: Config) -> Services:
     except ValueError as exc:
         raise ConfigError(f"SMTPCONF_SMTP_ALLOWED_PORTS / SMTPCONF_SMTP_DENIED_NETWORKS: {exc}") from None
     checks = CheckService(settings, secrets, policy, fips_mode=config.fips_mode, rate_limit=config.rate_limit_per_minute)
-    return Services(config, db, keyring, registry, settings, secrets, checks, Authenticator(db))
+    authenticate = Authenticator(db, outage_grace=config.token_outage_grace_seconds)
+    return Services(config, db, keyring, registry, settings, secrets, checks, authenticate, RotationEvents(db, secrets))
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:

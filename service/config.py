@@ -34,6 +34,16 @@ def _as_int(name: str, value: Any) -> int:
         raise ConfigError(f"SMTPCONF_{name} must be an integer") from None
 
 
+def _as_float(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"SMTPCONF_{name} must be a number") from None
+    if not number >= 0:
+        raise ConfigError(f"SMTPCONF_{name} must not be negative")
+    return number
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Typed view of the service configuration."""
@@ -51,6 +61,8 @@ class Config:
     tls_key_file: str | None = None
     allow_plaintext_secrets: bool = False
     trusted_proxies: str | None = None
+    database_timeout_seconds: float = 5.0
+    token_outage_grace_seconds: float = 300.0
     testing: bool = False
 
     @classmethod
@@ -71,8 +83,9 @@ class Config:
                 values[name] = _as_bool(values[name])
         if "rate_limit_per_minute" in values:
             values["rate_limit_per_minute"] = _as_int("RATE_LIMIT_PER_MINUTE", values["rate_limit_per_minute"])
-        if "secret_sync_interval_seconds" in values:
-            values["secret_sync_interval_seconds"] = float(values["secret_sync_interval_seconds"])
+        for name in ("secret_sync_interval_seconds", "database_timeout_seconds", "token_outage_grace_seconds"):
+            if name in values:
+                values[name] = _as_float(name.upper(), values[name])
         values["database_url"] = normalise_database_url(str(values["database_url"]))
         if bool(values.get("tls_cert_file")) != bool(values.get("tls_key_file")):
             raise ConfigError("SMTPCONF_TLS_CERT_FILE and SMTPCONF_TLS_KEY_FILE are set together or not at all")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -124,6 +125,19 @@ class PasswordAccess(Base):
     first_at: Mapped[dt.datetime]
 
 
+class EventKey(Base):
+    """The key a secret manager's events must carry for one connection: only its hash."""
+
+    __tablename__ = "event_keys"
+
+    provider: Mapped[str] = mapped_column(
+        sa.String(128), sa.ForeignKey("secret_providers.name", ondelete="CASCADE"), primary_key=True
+    )
+    key_hash: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[dt.datetime]
+    created_by: Mapped[str] = mapped_column(sa.String(128))
+
+
 class ServiceState(Base):
     """Counters shared by every instance on one database (change generations)."""
 
@@ -133,17 +147,57 @@ class ServiceState(Base):
     value: Mapped[int] = mapped_column(sa.BigInteger)
 
 
-class Database:
-    """The engine and a session factory for one database URL."""
+#: How long a connection attempt (PostgreSQL) or a wait for SQLite's write lock may take.
+DEFAULT_TIMEOUT_SECONDS = 5.0
+#: How long the readiness probe waits for SQLite's write lock.
+PROBE_LOCK_WAIT_MS = 200
+#: SQLSTATEs that mean "not now" rather than "wrong": read-only transaction (a standby),
+#: operator intervention (shutdown, starting up), insufficient resources (too many connections).
+_UNAVAILABLE_SQLSTATES = ("25006", "57P", "53")
 
-    def __init__(self, url: str) -> None:
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database cannot be used now (down, restarting, locked, read-only).
+
+    The one place that decides it: the HTTP layer answers these with 503
+    ``database_unavailable``, and the in-memory paths fall back on what they
+    hold. Anything else (a constraint violated, a bug) stays an error.
+    """
+    if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)):
+        return True
+    if isinstance(exc, sa.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+        return sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
+    return False
+
+
+class Database:
+    """The engine and a session factory for one database URL.
+
+    It also remembers whether the last attempt to read succeeded
+    (``reachable``), so that what is served from memory during an outage can
+    say that it may be stale.
+    """
+
+    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
         self.url = url
+        self.timeout = timeout
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
         if url.startswith("sqlite"):
             path = sa.engine.make_url(url).database
-            if path and path != ":memory:":
+            if path and path != ":memory:" and not path.startswith("file:"):
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+            # The busy timeout bounds how long a write waits for a lock another
+            # process holds: long enough for writers to queue, short enough that
+            # a locked file becomes a quick 503.
+            kwargs["connect_args"] = {"timeout": timeout, "check_same_thread": False}
+        elif url.startswith("postgresql"):
+            # libpq's default is to wait for ever; a server that does not answer
+            # must become a quick 503 (and a fast /readyz), not a hung request.
+            kwargs["connect_args"] = {"connect_timeout": max(1, round(timeout))}
+        self._unreachable_since: float | None = None
         self.engine = sa.create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -158,16 +212,43 @@ class Database:
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
 
+    @property
+    def reachable(self) -> bool:
+        """Whether the last attempt to use the database succeeded."""
+        return self._unreachable_since is None
+
+    def unreachable_within(self, seconds: float) -> bool:
+        """Whether the database was found unreachable less than ``seconds`` ago and not since reached."""
+        since = self._unreachable_since
+        return since is not None and time.monotonic() - since < seconds
+
+    def _failed(self, exc: BaseException, *, reading: bool) -> None:
+        # A SQLite file that is locked for writing or read-only still serves
+        # reads; only a failed read makes it unreachable. A PostgreSQL server
+        # that refuses a write transaction this way is down for reads too.
+        if is_unavailable(exc) and (reading or not self.is_sqlite) and self._unreachable_since is None:
+            self._unreachable_since = time.monotonic()
+
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A session in one transaction: committed on success, rolled back on error."""
-        with self._sessions() as session, session.begin():
-            yield session
+        try:
+            with self._sessions() as session, session.begin():
+                yield session
+        except sa.exc.SQLAlchemyError as exc:
+            self._failed(exc, reading=False)
+            raise
+        self._unreachable_since = None
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        with self._sessions(bind=self._read_engine) as session:
-            yield session
+        try:
+            with self._sessions(bind=self._read_engine) as session:
+                yield session
+        except sa.exc.SQLAlchemyError as exc:
+            self._failed(exc, reading=True)
+            raise
+        self._unreachable_since = None
 
     def upgrade(self) -> None:
         """Create or migrate the schema to the newest revision."""
@@ -178,8 +259,48 @@ class Database:
             command.upgrade(cfg, "head")
 
     def ping(self) -> None:
-        with self.engine.connect() as connection:
-            connection.execute(sa.text("SELECT 1"))
+        """Read from the database once; raises when it cannot be used."""
+        try:
+            with self._read_engine.connect() as connection:
+                connection.execute(sa.text("SELECT 1"))
+        except sa.exc.SQLAlchemyError as exc:
+            self._failed(exc, reading=True)
+            raise
+        self._unreachable_since = None
+
+    def writable(self) -> bool:
+        """Whether a write can be made now (SQLite: the file is neither locked nor read-only).
+
+        A write that is rolled back: it takes the write lock and writes a page,
+        waiting for the lock only briefly, as a probe must answer fast.
+        """
+        if not self.is_sqlite:
+            return True
+        import sqlite3
+
+        try:
+            raw = self.engine.raw_connection()
+        except sa.exc.SQLAlchemyError as exc:
+            if is_unavailable(exc):
+                return False
+            raise
+        try:
+            # On the driver's connection: SQLAlchemy would begin a transaction
+            # (BEGIN IMMEDIATE, with the long wait) before the first PRAGMA.
+            connection = raw.dbapi_connection
+            connection.execute(f"PRAGMA busy_timeout = {PROBE_LOCK_WAIT_MS}")
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                connection.execute("UPDATE service_state SET value = value")
+            except sqlite3.OperationalError:
+                return False
+            finally:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                connection.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+        finally:
+            raw.close()
+        return True
 
     def dispose(self) -> None:
         self.engine.dispose()

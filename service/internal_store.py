@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from providers.base import ProviderAuthError, ProviderUnavailable, SecretNotFound, SecretValue
 from service import audit
 from service.crypto import DecryptionError, KeyRing
-from service.db import Database, InternalSecret, InternalSecretVersion, iso_utc, utcnow
+from service.db import Database, InternalSecret, InternalSecretVersion, is_unavailable, iso_utc, utcnow
 from service.errors import Conflict, NotFound, ValidationFailed
 from service.rotation import internal_secret_context
 from service.settings import scopes_whose_password
@@ -130,7 +130,9 @@ class InternalStore:
         try:
             with self.db.read() as session:
                 row = session.scalars(query).first()
-        except sa.exc.OperationalError:
+        except sa.exc.SQLAlchemyError as exc:
+            if not is_unavailable(exc):
+                raise
             raise ProviderUnavailable("the database holding the internal store cannot be reached") from None
         if row is None:
             which = f"version {version} of " if version is not None else ""

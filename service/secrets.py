@@ -33,7 +33,7 @@ from providers.registry import ProviderRegistry
 from service import audit
 from service.connections import INTERNAL, ConnectionService
 from service.crypto import DecryptionError, KeyRing
-from service.db import Database, PasswordAccess, ServiceState, iso_utc, utcnow
+from service.db import Database, PasswordAccess, ServiceState, is_unavailable, iso_utc, utcnow
 from service.errors import ApiError, ValidationFailed
 from service.internal_store import InternalStore
 from service.observability import SECRET_FETCHES
@@ -108,6 +108,7 @@ class SecretsService:
         self._lock = threading.Lock()
         self._noted: set[tuple[str, str, str, str]] = set()
         self._snapshot: dict[str, dict[str, Any]] | None = None
+        self._last_snapshot: dict[str, dict[str, Any]] | None = None
         self._connections_epoch = 0
         # How each reference resolves under the current snapshot, emptied with it.
         # Keyed by identity: references come from settings documents kept
@@ -127,8 +128,16 @@ class SecretsService:
         now = time.monotonic()
         if not force and now - self._synced_at < self.sync_interval:
             return
-        with self.db.read() as session:
-            seen = read_generations(session)
+        try:
+            with self.db.read() as session:
+                seen = read_generations(session)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            # Keep serving what is held; the database records that it was not
+            # reached, so what is served says it may be stale. Asked again next interval.
+            self._synced_at = now
+            return
         with self._lock:
             self._synced_at = now
             previous, self._generations = self._generations, seen
@@ -168,7 +177,14 @@ class SecretsService:
         with self._lock:
             snapshot, epoch = self._snapshot, self._connections_epoch
         if snapshot is None:
-            snapshot = self.connections.all()
+            try:
+                snapshot = self.connections.all()
+            except Exception as exc:
+                # The database is down: resolve with the connections last read.
+                if not is_unavailable(exc) or self._last_snapshot is None:
+                    raise
+                return self._last_snapshot
+            self._last_snapshot = snapshot
             with self._lock:
                 # A read that an edit overtook must not be kept as current.
                 if self._connections_epoch == epoch:
@@ -359,8 +375,8 @@ class SecretsService:
 
     def _note(self, token_name: str, source: str, label: str, version: str | None) -> None:
         key = (token_name, source, label, version or "")
-        if key in self._noted:
-            return
+        if key in self._noted or not self.db.reachable:
+            return  # during an outage the reading is noted when the database is back and it is read again
         try:
             with self.db.transaction() as session:
                 exists = session.scalar(
@@ -377,6 +393,10 @@ class SecretsService:
                     )
         except IntegrityError:
             pass  # another worker recorded it first
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            return  # bookkeeping must not stop a sender; noted on a later read
         self._noted.add(key)
 
     # the security team's operations

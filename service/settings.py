@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 
 from service import audit
 from service.crypto import KeyRing
-from service.db import Database, ServiceState, SmtpSettings, iso_utc, utcnow
-from service.errors import NotFound, PreconditionFailed, ValidationFailed
+from service.db import Database, ServiceState, SmtpSettings, is_unavailable, iso_utc, utcnow
+from service.errors import DatabaseUnavailable, NotFound, PreconditionFailed, ValidationFailed
 from service.schemas import SETTINGS_FIELDS, SYSTEM_DEFAULTS, credential_errors, load_settings
 
 SYSTEM_SCOPE = "system"
@@ -140,10 +140,17 @@ class Effective:
     scope: str
     #: ``effective_view`` results by the extra fields they were rendered with.
     views: dict[Any, EffectiveView] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    #: Served from memory while the database could not be asked whether it changed.
+    stale: bool = False
 
     @property
     def base_tag(self) -> list[Any]:
         return [s and [s.scope, s.version, s.stamp] for s in (self.system, self.tenant)]
+
+    @functools.cached_property
+    def stale_twin(self) -> "Effective":
+        """The same settings marked ``settings_stale`` (kept, so that its renderings are too)."""
+        return dataclasses.replace(self, views={}, stale=True)
 
 
 class SettingsService:
@@ -181,13 +188,23 @@ class SettingsService:
         self._effective: collections.OrderedDict[str | None, Effective] = collections.OrderedDict()
         # Bumped by forget(): a read that started before must not store what it read.
         self._epoch = 0
+        # The last rows and effective documents read, kept through forget() and
+        # served (marked stale) when the database cannot be read again.
+        self._last_rows: tuple[dict[str, StoredSettings | None], bool] | None = None
+        self._last_effective: collections.OrderedDict[str | None, Effective] = collections.OrderedDict()
 
     def forget(self) -> None:
         """Drop the kept rows and effective documents (settings changed somewhere)."""
         with self._lock:
             self._epoch += 1
+            if self._rows is not None:
+                self._last_rows = (self._rows, self._complete)
             self._rows = None
             self._effective = collections.OrderedDict()
+
+    def holds_settings(self) -> bool:
+        """Whether effective settings can be served from memory (the database was read before)."""
+        return self._rows is not None or self._last_rows is not None or bool(self._last_effective)
 
     # reads
 
@@ -197,7 +214,42 @@ class SettingsService:
             return StoredSettings.of(row) if row else None
 
     def effective(self, tenant: str | None) -> Effective:
-        """The merged settings of ``tenant`` (``None``: the system level), shared and read-only."""
+        """The merged settings of ``tenant`` (``None``: the system level), shared and read-only.
+
+        While the database cannot be read, the last view held in memory is
+        served, marked stale; with none, 503 ``database_unavailable``.
+        """
+        try:
+            effective = self._current_effective(tenant)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            effective = self._last_known_effective(tenant)
+        else:
+            if self._last_effective.get(tenant) is not effective:
+                with self._lock:
+                    _bounded_put(self._last_effective, tenant, effective, EFFECTIVE_CACHE_SIZE)
+        return effective if self.db.reachable else effective.stale_twin
+
+    def _last_known_effective(self, tenant: str | None) -> Effective:
+        kept = self._last_effective.get(tenant)
+        if kept is not None:
+            return kept
+        with self._lock:
+            last = self._rows, self._complete
+            if last[0] is None:
+                last = self._last_rows  # type: ignore[assignment]
+        scope = None if tenant is None else tenant_scope(tenant)
+        wanted = [SYSTEM_SCOPE] if scope is None else [SYSTEM_SCOPE, scope]
+        if last is None or not (last[1] or all(name in last[0] for name in wanted)):
+            raise DatabaseUnavailable("The database cannot be reached, and these settings are not held in memory.")
+        rows = last[0]
+        effective = self.merge(rows.get(SYSTEM_SCOPE), rows.get(scope) if scope else None, tenant)
+        with self._lock:
+            _bounded_put(self._last_effective, tenant, effective, EFFECTIVE_CACHE_SIZE)
+        return effective
+
+    def _current_effective(self, tenant: str | None) -> Effective:
         self.sync()
         kept = self._effective.get(tenant)
         if kept is not None:
@@ -306,6 +358,8 @@ class SettingsService:
         body["version"] = sum(s.version for s in (effective.system, effective.tenant) if s)
         body["updated_at"] = newest.updated_at_text if newest else None
         body["updated_by"] = newest.updated_by if newest else None
+        if effective.stale:
+            body["settings_stale"] = True
         if extra:
             body["warnings"] = body["warnings"] + [w for w in extra.pop("warnings", []) if w not in body["warnings"]]
             body.update(extra)

@@ -8,9 +8,19 @@ import logging
 from typing import Any, Callable, TypeVar
 
 from flask import Flask, Response, current_app, g, request
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from service.errors import ApiError, Forbidden, InvalidJson, TlsRequired, Unauthorized, ValidationFailed
+from service.db import is_unavailable
+from service.errors import (
+    ApiError,
+    DatabaseUnavailable,
+    Forbidden,
+    InvalidJson,
+    TlsRequired,
+    Unauthorized,
+    ValidationFailed,
+)
 from service.tokens import Principal
 from service.transport import secrets_may_travel
 
@@ -155,6 +165,16 @@ def register_error_handlers(app: Flask) -> None:
         if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
             response.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
         return response
+
+    @app.errorhandler(SQLAlchemyError)
+    def _database_error(error: SQLAlchemyError) -> Response:
+        # The one place where a database that is down, restarting, locked or
+        # read-only becomes 503: whatever the view was doing, it needed the database.
+        if is_unavailable(error):
+            cause = getattr(error, "orig", None) or error
+            log.warning("database unavailable", extra={"error": type(cause).__name__})
+            return problem(DatabaseUnavailable())
+        return _unhandled(error)
 
     @app.errorhandler(Exception)
     def _unhandled(error: Exception) -> Response:

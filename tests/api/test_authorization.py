@@ -37,6 +37,7 @@ MATRIX = [
     ("DELETE", "/v1/secret-providers/no-such-connection", {"security"}, None),
     ("POST", "/v1/secret-providers/internal/check", {"security"}, None),
     ("GET", "/v1/secret-providers/internal/secrets", {"security", "admin"}, None),
+    ("POST", "/v1/secret-providers/internal/event-key", {"security"}, None),
     ("GET", "/v1/secret-provider-types", ANY, None),
     ("POST", "/v1/secret-cache/invalidate", {"security"}, None),
     ("GET", "/v1/secrets", {"security"}, None),

@@ -117,3 +117,15 @@ def test_a_bad_trusted_proxies_value_stops_the_service_from_starting(make_app, v
 
     with pytest.raises(ConfigError, match="SMTPCONF_TRUSTED_PROXIES"):
         make_app(trusted_proxies=value)
+
+
+def test_an_event_key_is_only_handed_out_over_a_secure_transport(served):
+    app, client, tokens = served()
+    url = "/v1/secret-providers/internal/event-key"
+    headers = tokens.headers("security")
+    refused = client.post(url, headers=headers, environ_base={"REMOTE_ADDR": REMOTE})
+    assert_tls_required(refused)
+    # Over HTTPS the request gets past the transport rule to the connection's own answer
+    # (the internal store publishes no events).
+    granted = client.post(url, headers=headers, environ_base={"REMOTE_ADDR": REMOTE}, base_url="https://localhost")
+    assert granted.status_code == 409 and granted.json["code"] == "events_not_supported"
