@@ -20,6 +20,7 @@ from service.checks import CheckService
 from service.config import Config, ConfigError
 from service.crypto import KeyRing
 from service.db import Database
+from service.propagation import Board, Propagator, board_path
 from service.observability import (
     HTTP_LATENCY,
     HTTP_REQUESTS,
@@ -69,9 +70,11 @@ class Services:
     secrets: SecretsService
     checks: CheckService
     authenticate: Authenticator
+    propagator: Propagator
 
     def close(self) -> None:
         self.secrets.close()
+        self.propagator.close()
         self.db.dispose()
 
     def readiness(self) -> dict[str, Any]:
@@ -89,7 +92,9 @@ def build_services(config: Config) -> Services:
     db = Database(config.database_url)
     keyring = KeyRing.from_config(config)
     registry = ProviderRegistry.from_entry_points()
-    secrets = SecretsService(db, keyring, registry, sync_interval=config.secret_sync_interval_seconds)
+    path, own_board = board_path(config.generations_file, config.database_url)
+    propagator = Propagator(db, Board(path), poll_interval=config.secret_sync_interval_seconds, own_board=own_board)
+    secrets = SecretsService(db, keyring, registry, propagator=propagator)
     settings = SettingsService(
         db, keyring, fips_mode=config.fips_mode, check_reference=secrets.check_reference, sync=secrets.sync
     )
@@ -99,7 +104,8 @@ def build_services(config: Config) -> Services:
     except ValueError as exc:
         raise ConfigError(f"SMTPCONF_SMTP_ALLOWED_PORTS / SMTPCONF_SMTP_DENIED_NETWORKS: {exc}") from None
     checks = CheckService(settings, secrets, policy, fips_mode=config.fips_mode, rate_limit=config.rate_limit_per_minute)
-    return Services(config, db, keyring, registry, settings, secrets, checks, Authenticator(db))
+    propagator.start()
+    return Services(config, db, keyring, registry, settings, secrets, checks, Authenticator(db), propagator)
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:

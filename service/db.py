@@ -5,11 +5,15 @@ from __future__ import annotations
 import datetime as dt
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+
+#: ``Session.info`` key under which a transaction collects the changes it announced.
+PENDING_CHANGES = "pending_changes"
 
 
 def utcnow() -> dt.datetime:
@@ -151,7 +155,12 @@ class Database:
             # that a write transaction starts with BEGIN IMMEDIATE and two
             # writers queue instead of failing with "database is locked".
             event.listen(self.engine, "begin", _sqlite_begin)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False, info={"database": self})
+        #: The instance id written into change notifications, and who hears of committed changes.
+        self.origin = ""
+        self.on_commit: Callable[[list[Any]], None] | None = None
+        event.listen(self._sessions, "after_commit", self._after_commit)
+        event.listen(self._sessions, "after_rollback", _drop_pending)
         self._read_engine = self.engine.execution_options(sqlite_deferred=True)
 
     @property
@@ -169,6 +178,11 @@ class Database:
         with self._sessions(bind=self._read_engine) as session:
             yield session
 
+    def _after_commit(self, session: Session) -> None:
+        pending = session.info.pop(PENDING_CHANGES, None)
+        if pending and self.on_commit is not None:
+            self.on_commit(pending)
+
     def upgrade(self) -> None:
         """Create or migrate the schema to the newest revision."""
         from alembic import command
@@ -183,6 +197,10 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _drop_pending(session: Session) -> None:
+    session.info.pop(PENDING_CHANGES, None)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import secrets
+import threading
 import time
 from typing import Callable
 
@@ -55,6 +56,15 @@ def create_token(db: Database, name: str, roles: list[str], actor: str = "cli") 
     return token
 
 
+@dataclasses.dataclass(eq=False)
+class _Lookup:
+    """One database lookup of a token hash that other threads may wait for."""
+
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    principal: Principal | None = None
+    error: BaseException | None = None
+
+
 class Authenticator:
     """Bearer tokens to principals, with a short per-process memory of the tokens found.
 
@@ -72,6 +82,8 @@ class Authenticator:
         # Token hash -> (monotonic expiry, principal). Single dict operations are
         # atomic, so request threads share it without a lock.
         self._known: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+        self._flights: dict[str, _Lookup] = {}
 
     def __call__(self, token: str) -> Principal | None:
         """The principal a bearer token belongs to, or ``None``."""
@@ -80,12 +92,33 @@ class Authenticator:
         known = self._known.get(digest)
         if known is not None and known[0] > now:
             return known[1]
-        who = self._lookup(digest)
-        if who is None:
-            self._known.pop(digest, None)
+        with self._lock:
+            flight = self._flights.get(digest)
+            leader = flight is None
+            if leader:
+                flight = self._flights[digest] = _Lookup()
+        if not leader:
+            # Another thread asks the database for this token: one lookup serves both.
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            return flight.principal
+        try:
+            who = self._lookup(digest)
+        except BaseException as exc:
+            flight.error = exc
+            raise
         else:
-            self._known[digest] = (now + self.ttl, who)
-        return who
+            flight.principal = who
+            if who is None:
+                self._known.pop(digest, None)
+            else:
+                self._known[digest] = (now + self.ttl, who)
+            return who
+        finally:
+            with self._lock:
+                self._flights.pop(digest, None)
+            flight.done.set()
 
     def _lookup(self, digest: str) -> Principal | None:
         with self.db.read() as session:
