@@ -21,6 +21,7 @@ from service.checks import CheckService
 from service.config import Config, ConfigError
 from service.crypto import KeyRing
 from service.db import Database
+from service.propagation import Board, Propagator, board_path, private_board_path
 from service.observability import (
     HTTP_LATENCY,
     HTTP_REQUESTS,
@@ -73,10 +74,12 @@ class Services:
     checks: CheckService
     authenticate: Authenticator
     events: RotationEvents
+    propagator: Propagator
 
     def close(self) -> None:
         self.secrets.close()
-        self.db.dispose()
+        self.propagator.close()
+        self.db.close()
 
     def readiness(self) -> dict[str, Any]:
         """Database and secret managers. With the database down, an instance that
@@ -97,7 +100,18 @@ def build_services(config: Config) -> Services:
     db = Database(config.database_url, timeout=config.database_timeout_seconds)
     keyring = KeyRing.from_config(config)
     registry = ProviderRegistry.from_entry_points()
-    secrets = SecretsService(db, keyring, registry, sync_interval=config.secret_sync_interval_seconds)
+    path, own_board = board_path(config.generations_file, config.database_url)
+    try:
+        board = Board(path)
+    except OSError as exc:
+        # Next to a database file that cannot be used (read-only directory, a bad
+        # path): the service still starts, answers 503 for what needs the database
+        # and says so in /readyz; other processes on that file are not told of changes.
+        log.warning("generation board not usable; using a private one", extra={"error": type(exc).__name__})
+        path, own_board = private_board_path(), True
+        board = Board(path)
+    propagator = Propagator(db, board, poll_interval=config.secret_sync_interval_seconds, own_board=own_board)
+    secrets = SecretsService(db, keyring, registry, propagator=propagator)
     settings = SettingsService(
         db, keyring, fips_mode=config.fips_mode, check_reference=secrets.check_reference, sync=secrets.sync
     )
@@ -108,7 +122,11 @@ def build_services(config: Config) -> Services:
         raise ConfigError(f"SMTPCONF_SMTP_ALLOWED_PORTS / SMTPCONF_SMTP_DENIED_NETWORKS: {exc}") from None
     checks = CheckService(settings, secrets, policy, fips_mode=config.fips_mode, rate_limit=config.rate_limit_per_minute)
     authenticate = Authenticator(db, outage_grace=config.token_outage_grace_seconds)
-    return Services(config, db, keyring, registry, settings, secrets, checks, authenticate, RotationEvents(db, secrets))
+    propagator.start()
+    db.watch()
+    return Services(
+        config, db, keyring, registry, settings, secrets, checks, authenticate, RotationEvents(db, secrets), propagator
+    )
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:

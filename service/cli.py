@@ -160,6 +160,14 @@ def run_gunicorn(bind: str, workers: int, tls: tuple[str, str] | None = None) ->
         from service.transport import CertificateReloader
 
         _reloader = CertificateReloader(*tls)
+    if not os.environ.get("SMTPCONF_GENERATIONS_FILE") and not Config.load().database_url.startswith("sqlite"):
+        from service.propagation import Board
+
+        # Created before any worker starts, and found by every worker through the
+        # environment however gunicorn starts them (fork, re-exec on upgrade).
+        # A SQLite database keeps its board next to the file instead, shared by
+        # every process on that file.
+        os.environ["SMTPCONF_GENERATIONS_FILE"] = str(Board.create_for_instance())
 
     def child_exit(_server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess

@@ -56,7 +56,10 @@ class Config:
     smtp_denied_networks: str | None = None
     log_level: str = "INFO"
     rate_limit_per_minute: int = 30
-    secret_sync_interval_seconds: float = 1.0
+    #: Seconds between the safety polls of the database's change generations (one worker per instance).
+    secret_sync_interval_seconds: float = 10.0
+    #: The instance's shared generation board; ``smtpconf serve`` sets one for its workers.
+    generations_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     allow_plaintext_secrets: bool = False

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+log = logging.getLogger("smtpconf.db")
+
+
+#: ``Session.info`` key under which a transaction collects the changes it announced.
+PENDING_CHANGES = "pending_changes"
 
 
 def utcnow() -> dt.datetime:
@@ -198,6 +206,7 @@ class Database:
             # must become a quick 503 (and a fast /readyz), not a hung request.
             kwargs["connect_args"] = {"connect_timeout": max(1, round(timeout))}
         self._unreachable_since: float | None = None
+        self._watch: tuple[threading.Event, threading.Thread] | None = None
         self.engine = sa.create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -205,8 +214,15 @@ class Database:
             # that a write transaction starts with BEGIN IMMEDIATE and two
             # writers queue instead of failing with "database is locked".
             event.listen(self.engine, "begin", _sqlite_begin)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False, info={"database": self})
+        #: The instance id written into change notifications, and who hears of committed changes.
+        self.origin = ""
+        self.on_commit: Callable[[list[Any]], None] | None = None
+        event.listen(self._sessions, "after_commit", self._after_commit)
+        event.listen(self._sessions, "after_rollback", _drop_pending)
         self._read_engine = self.engine.execution_options(sqlite_deferred=True)
+        ping_kwargs = {k: v for k, v in kwargs.items() if k != "pool_pre_ping"}
+        self._ping_engine = sa.create_engine(url, poolclass=sa.pool.NullPool, **ping_kwargs) if self.is_sqlite else self.engine
 
     @property
     def is_sqlite(self) -> bool:
@@ -250,6 +266,11 @@ class Database:
             raise
         self._unreachable_since = None
 
+    def _after_commit(self, session: Session) -> None:
+        pending = session.info.pop(PENDING_CHANGES, None)
+        if pending and self.on_commit is not None:
+            self.on_commit(pending)
+
     def upgrade(self) -> None:
         """Create or migrate the schema to the newest revision."""
         from alembic import command
@@ -258,15 +279,56 @@ class Database:
             cfg = alembic_config(connection)
             command.upgrade(cfg, "head")
 
-    def ping(self) -> None:
-        """Read from the database once; raises when it cannot be used."""
+    def ping(self, *, pooled: bool = True) -> None:
+        """Read from the database once; raises when it cannot be used.
+
+        ``pooled=False``: on a connection of its own, closed at once, so that a
+        background ping never leaves a SQLite file open between pings.
+        """
         try:
-            with self._read_engine.connect() as connection:
+            with (self._read_engine if pooled else self._ping_engine).connect() as connection:
                 connection.execute(sa.text("SELECT 1"))
         except sa.exc.SQLAlchemyError as exc:
             self._failed(exc, reading=True)
             raise
         self._unreachable_since = None
+
+    def watch(self, interval: float = 1.0) -> None:
+        """Keep ``reachable`` true to the database in the background, with a ping every ``interval`` seconds.
+
+        Effective reads are served from memory and never ask the database, so
+        without this a worker would neither notice an outage (and mark what it
+        serves as stale) nor notice the recovery.
+        """
+        if self._watch is not None:
+            return
+        stop = threading.Event()
+
+        def run() -> None:
+            while not stop.wait(interval):
+                try:
+                    self.ping(pooled=False)
+                except Exception as exc:
+                    if not is_unavailable(exc):
+                        log.warning("database ping failed", extra={"error": type(exc).__name__})
+
+        thread = threading.Thread(target=run, name="smtpconf-database-watch", daemon=True)
+        self._watch = (stop, thread)
+        thread.start()
+
+    def dispose(self) -> None:
+        """Close the pooled connections (new ones are opened as needed)."""
+        self.engine.dispose()
+
+    def close(self) -> None:
+        """Stop the background ping and close every connection."""
+        if self._watch is not None:
+            stop, thread = self._watch
+            stop.set()
+            thread.join(timeout=5)
+            self._watch = None
+        self.engine.dispose()
+        self._ping_engine.dispose()
 
     def writable(self) -> bool:
         """Whether a write can be made now (SQLite: the file is neither locked nor read-only).
@@ -302,8 +364,9 @@ class Database:
             raw.close()
         return True
 
-    def dispose(self) -> None:
-        self.engine.dispose()
+
+def _drop_pending(session: Session) -> None:
+    session.info.pop(PENDING_CHANGES, None)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

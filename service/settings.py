@@ -20,8 +20,9 @@ from sqlalchemy.orm import Session
 
 from service import audit
 from service.crypto import KeyRing
-from service.db import Database, ServiceState, SmtpSettings, is_unavailable, iso_utc, utcnow
+from service.db import Database, SmtpSettings, is_unavailable, iso_utc, utcnow
 from service.errors import DatabaseUnavailable, NotFound, PreconditionFailed, ValidationFailed
+from service.propagation import SETTINGS, announce
 from service.schemas import SETTINGS_FIELDS, SYSTEM_DEFAULTS, credential_errors, load_settings
 
 SYSTEM_SCOPE = "system"
@@ -157,9 +158,9 @@ class SettingsService:
     """Reads and writes settings documents; every write is audited in its transaction.
 
     Effective reads, what senders poll, come from rows and merged documents
-    kept in the process. Writes through this instance drop them at once;
-    ``sync`` (the secrets layer's, which reads the database's generations at
-    most once per sync interval) calls ``forget`` when another instance wrote.
+    kept in the process. Every write announces itself (``service.propagation``);
+    ``sync``, called first by every effective read, applies what any worker or
+    instance announced, which calls ``forget`` after a settings change.
     Reads of one level (``get``) always ask the database.
     """
 
@@ -180,6 +181,7 @@ class SettingsService:
         self.check_reference = check_reference
         self.sync = sync
         self._lock = threading.Lock()
+        self._rows_flight = threading.Lock()
         # The table as last read (None: not read since the last change). When it
         # held more than ROW_CACHE_SIZE rows, the others are read one by one and
         # kept here too, a level without settings as None.
@@ -257,10 +259,7 @@ class SettingsService:
         with self._lock:
             epoch, rows, complete, kept_effective = self._epoch, self._rows, self._complete, self._effective
         if rows is None:
-            rows, complete = self._read_rows(None)
-            with self._lock:
-                if self._epoch == epoch:
-                    self._rows, self._complete = rows, complete
+            rows, complete = self._rows_once(epoch)
         scope = None if tenant is None else tenant_scope(tenant)
         wanted = [SYSTEM_SCOPE] if scope is None else [SYSTEM_SCOPE, scope]
         picked = {name: rows.get(name) for name in wanted}
@@ -277,6 +276,18 @@ class SettingsService:
             if self._epoch == epoch:
                 _bounded_put(kept_effective, tenant, effective, EFFECTIVE_CACHE_SIZE)
         return effective
+
+    def _rows_once(self, epoch: int) -> tuple[dict[str, StoredSettings | None], bool]:
+        """The whole table for ``epoch``, read by one thread while the others wait for it."""
+        with self._rows_flight:
+            with self._lock:
+                if self._epoch == epoch and self._rows is not None:
+                    return self._rows, self._complete
+            rows, complete = self._read_rows(None)
+            with self._lock:
+                if self._epoch == epoch:
+                    self._rows, self._complete = rows, complete
+            return rows, complete
 
     def _read_rows(self, scopes: list[str] | None) -> tuple[dict[str, StoredSettings | None], bool]:
         """The rows of ``scopes``, or of the whole table up to ROW_CACHE_SIZE; whether that was all of it."""
@@ -416,15 +427,13 @@ class SettingsService:
                 raise PreconditionFailed("The settings changed since they were read: fetch them again.")
             session.delete(row)
             audit.record(session, actor=actor, action="smtp_settings.delete", target=scope, before=redact(current.document))
-            bump_generation(session, "settings_generation")
-        self.forget()
+            announce(session, SETTINGS)
 
     def _write(self, scope: str, document: dict[str, Any], *, actor: str, if_match: str | None) -> StoredSettings:
         for attempt in range(2):
             try:
                 with self.db.transaction() as session:
                     stored = self._write_in(session, scope, document, actor=actor, if_match=if_match)
-                self.forget()
                 return stored
             except IntegrityError:
                 # Two first writes of the same level raced; the loser retries
@@ -469,7 +478,7 @@ class SettingsService:
             before=redact(current.document) if current else None,
             after=redact(document),
         )
-        bump_generation(session, "settings_generation")
+        announce(session, SETTINGS)
         return StoredSettings(scope, copy.deepcopy(document), row.version, now, actor)
 
     def _seal_password(
@@ -527,11 +536,6 @@ def _flat_key(extra: dict[str, Any] | None) -> tuple[Any, ...]:
     return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in extra.items())
 
 
-def bump_generation(session: Session, key: str) -> None:
-    """Tell every instance sharing the database that something changed."""
-    session.execute(sa.update(ServiceState).where(ServiceState.key == key).values(value=ServiceState.value + 1))
-
-
 def scopes_whose_password(session: Session, matches: Callable[[dict[str, Any]], bool]) -> list[str]:
     """The settings levels whose password reference ``matches``."""
     return [
@@ -539,10 +543,6 @@ def scopes_whose_password(session: Session, matches: Callable[[dict[str, Any]], 
         for scope, document in session.execute(sa.select(SmtpSettings.scope, SmtpSettings.document))
         if document.get("password") and matches(document["password"])
     ]
-
-
-def read_generations(session: Session) -> dict[str, int]:
-    return {row.key: row.value for row in session.execute(sa.select(ServiceState.key, ServiceState.value))}
 
 
 def _messages(exc: ValidationError) -> dict[str, Any]:

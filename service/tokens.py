@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import secrets
+import threading
 import time
 from typing import Callable
 
@@ -60,6 +61,15 @@ def create_token(db: Database, name: str, roles: list[str], actor: str = "cli") 
     return token
 
 
+@dataclasses.dataclass(eq=False)
+class _Lookup:
+    """One database lookup of a token hash that other threads may wait for."""
+
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    principal: Principal | None = None
+    error: BaseException | None = None
+
+
 class Authenticator:
     """Bearer tokens to principals, with a short per-process memory of the tokens found.
 
@@ -89,6 +99,8 @@ class Authenticator:
         # Token hash -> (monotonic time last found in the database, principal).
         # Single dict operations are atomic, so request threads share it without a lock.
         self._known: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+        self._flights: dict[str, _Lookup] = {}
 
     def __call__(self, token: str) -> Principal | None:
         """The principal a bearer token belongs to, or ``None``."""
@@ -101,7 +113,7 @@ class Authenticator:
         if in_grace and self.db.unreachable_within(OUTAGE_BACKOFF_SECONDS):
             return known[1]  # type: ignore[index]
         try:
-            who = self._lookup(digest)
+            who = self._shared_lookup(digest)
         except Exception as exc:
             if not is_unavailable(exc):
                 raise
@@ -113,6 +125,30 @@ class Authenticator:
         else:
             self._known[digest] = (now, who)
         return who
+
+    def _shared_lookup(self, digest: str) -> Principal | None:
+        """One database lookup per token hash at a time: threads asking meanwhile wait for it."""
+        with self._lock:
+            flight = self._flights.get(digest)
+            leader = flight is None
+            if leader:
+                flight = self._flights[digest] = _Lookup()
+        assert flight is not None
+        if not leader:
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            return flight.principal
+        try:
+            flight.principal = self._lookup(digest)
+            return flight.principal
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                self._flights.pop(digest, None)
+            flight.done.set()
 
     def _lookup(self, digest: str) -> Principal | None:
         with self.db.read() as session:

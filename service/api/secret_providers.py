@@ -37,20 +37,16 @@ def get_connection(name: str) -> Response:
 @bp.put("/v1/secret-providers/<name>")
 @requires("security")
 def put_connection(name: str) -> Response:
-    secrets = _secrets()
-    record, created = secrets.connections.put(
+    record, created = _secrets().connections.put(
         name, json_body(), actor=principal().name, if_match=request.headers.get("If-Match")
     )
-    secrets.connection_changed()
     return json_response(view(record), status=201 if created else 200, headers={"ETag": record["etag"]})
 
 
 @bp.delete("/v1/secret-providers/<name>")
 @requires("security")
 def delete_connection(name: str) -> Response:
-    secrets = _secrets()
-    secrets.connections.delete(name, actor=principal().name, if_match=request.headers.get("If-Match"))
-    secrets.connection_changed()
+    _secrets().connections.delete(name, actor=principal().name, if_match=request.headers.get("If-Match"))
     return Response(status=204)
 
 
