@@ -19,12 +19,21 @@ from service.smtp_check.policy import (
     Resolver,
     system_resolver,
 )
-from service.smtp_check.request import CheckRequest, PasswordGetter, PasswordUnavailable, ResolvedPassword
+from service.smtp_check.request import (
+    AccessToken,
+    CheckRequest,
+    PasswordGetter,
+    PasswordUnavailable,
+    ResolvedPassword,
+    TokenGetter,
+    TokenUnavailable,
+)
 
 __all__ = [
     "DEFAULT_ALLOWED_PORTS",
     "DEFAULT_DENIED",
     "MASK",
+    "AccessToken",
     "SECURITY_MODES",
     "STAGES",
     "CheckRequest",
@@ -34,6 +43,8 @@ __all__ = [
     "PasswordUnavailable",
     "ResolvedPassword",
     "Resolver",
+    "TokenGetter",
+    "TokenUnavailable",
     "run_check",
 ]
 

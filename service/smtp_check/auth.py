@@ -17,6 +17,9 @@ MAX_COMMAND_LINE = 512
 PASSWORD_MECHANISMS = ("PLAIN", "LOGIN")
 #: Bearer-token mechanisms in order of preference (OAUTHBEARER only where XOAUTH2 is not offered).
 TOKEN_MECHANISMS = ("XOAUTH2", "OAUTHBEARER")
+#: What a client sends to end the exchange after a server's error challenge:
+#: an empty line for XOAUTH2, a single ^A (RFC 7628 3.2.3) for OAUTHBEARER.
+OAUTH_ERROR_ACK = {"XOAUTH2": "", "OAUTHBEARER": "AQ=="}
 
 
 def b64(text: str) -> str:

@@ -14,16 +14,18 @@ from service.smtp_check.connection import Connection, describe_certificate, tls_
 from service.smtp_check.errors import AuthRejected, Failure
 from service.smtp_check.message import a_label, data_payload, test_message, wire_address
 from service.smtp_check.policy import LOOKUPS, Resolver, ip_literal
-from service.smtp_check.request import CheckRequest, PasswordUnavailable, ResolvedPassword
+from service.smtp_check.request import AccessToken, CheckRequest, PasswordUnavailable, ResolvedPassword, TokenUnavailable
 
 log = logging.getLogger("service.smtp_check")
 
 STAGES = (
-    "resolve_password", "dns", "connect", "greeting", "ehlo", "starttls", "tls",
+    "resolve_password", "token", "dns", "connect", "greeting", "ehlo", "starttls", "tls",
     "auth", "mail_from", "rcpt_to", "data", "quit", "done",
 )
 SECURITY_MODES = ("none", "starttls", "ssl")
 MASK = "********"
+# Exchange Online's answers when password (basic) authentication is turned off by policy.
+_BASIC_AUTH_DISABLED = {(535, "5.7.139"), (550, "5.7.30")}
 # "AUTH=LOGIN PLAIN" is the pre-RFC 4954 spelling some servers still send.
 _EXTENSION_SEPARATOR = re.compile(r"[ =]")
 _CONTROL_CHARACTERS = dict.fromkeys([*range(9), *range(10, 32), 127], "\ufffd")
@@ -45,8 +47,10 @@ class Check:
         if self.skip_verify and request.fips_mode:
             raise ValueError("insecure_skip_verify is not allowed in FIPS mode.")
         self.username = settings.get("username") or None
-        if (self.username is None) != (request.get_password is None):
-            raise ValueError("A username and a password getter go together, or neither is given.")
+        if request.get_password is not None and request.get_token is not None:
+            raise ValueError("A check authenticates with a password or with a token, not both.")
+        if (self.username is None) != (request.get_password is None and request.get_token is None):
+            raise ValueError("A username and a password or token getter go together, or neither is given.")
         self.timeout = float(settings.get("timeout_seconds") or 10)
         if self.timeout <= 0:
             raise ValueError("timeout_seconds must be positive.")
@@ -61,6 +65,7 @@ class Check:
             "banner": None, "extensions": [], "tls_version": None, "certificate": None, "address": None,
         }
         self.secret: dict[str, Any] | None = None
+        self.token: dict[str, Any] | None = None
         self.message_id: str | None = None
         self._offered: dict[str, str] = {}
         self._reported: dict[str, str] = {}
@@ -80,6 +85,8 @@ class Check:
                 "smtp_code": reply.code if reply else None,
                 "smtp_message": self._redact(reply.text) if reply else None,
             }
+            if failure.code == "token_unavailable":
+                error["oauth_error"] = failure.oauth_error
         elapsed_ms = round((time.monotonic() - self._started) * 1000)
         log.info(
             "SMTP check of %s port %s: %s at stage %s after %d ms",
@@ -92,6 +99,7 @@ class Check:
             "elapsed_ms": elapsed_ms,
             "server": self.server,
             "secret": self.secret,
+            "token": self.token,
             "message_id": self.message_id,
             "transcript": self.transcript,
         }
@@ -118,6 +126,9 @@ class Check:
         self.secret = {"source": password.source, "version": password.version, "refreshed": refreshed}
 
     def _walk(self) -> None:
+        if self.request.get_token is not None:
+            self._walk_with_token()
+            return
         password = self._first_password()
         addresses = self._destination()
         try:
@@ -154,6 +165,42 @@ class Check:
             ) from None
         self._remember(password, refreshed=True)
         return password
+
+    def _walk_with_token(self) -> None:
+        token = self._token(refresh=False)
+        addresses = self._destination()
+        try:
+            self._session(addresses, token)
+        except AuthRejected as rejected:
+            # The token may have been revoked or its grant changed since it was issued:
+            # it is dropped, and one new token gets one more attempt.
+            fresh = self._token(refresh=True, rejected=rejected)
+            if fresh.value == token.value:
+                raise
+            self._session(addresses, fresh)
+
+    def _token(self, *, refresh: bool, rejected: AuthRejected | None = None) -> AccessToken:
+        assert self.request.get_token is not None
+        stage = self.stage
+        self.stage = "token"
+        try:
+            token = self.request.get_token(refresh)
+        except TokenUnavailable as exc:
+            if exc.code == "password_unavailable" and rejected is None:
+                self.stage = "resolve_password"
+            elif rejected is not None:
+                self.stage = stage
+            prefix = "The server refused the access token, and a new one could not be obtained: " if rejected else ""
+            raise Failure(exc.code, prefix + exc.message, rejected.reply if rejected else None, oauth_error=exc.oauth_error) from None
+        if rejected is not None:
+            self.stage = stage
+        self._secrets.append(token.value)
+        self.token = {
+            "flow": token.flow,
+            "expires_at": token.expires_at.isoformat().replace("+00:00", "Z") if token.expires_at else None,
+            "refreshed": refresh,
+        }
+        return token
 
     def _destination(self) -> list[str]:
         self.stage = "dns"
@@ -206,7 +253,7 @@ class Check:
             return sock
         raise Failure("connection_refused", f"Could not connect to {self.host} port {self.port}: {reason}.")
 
-    def _session(self, addresses: list[str], password: ResolvedPassword | None) -> None:
+    def _session(self, addresses: list[str], password: ResolvedPassword | AccessToken | None) -> None:
         connection = Connection(self._connect(addresses), self)
         try:
             self._converse(connection, password)
@@ -230,7 +277,7 @@ class Check:
         finally:
             connection.close()
 
-    def _converse(self, connection: Connection, password: ResolvedPassword | None) -> None:
+    def _converse(self, connection: Connection, password: ResolvedPassword | AccessToken | None) -> None:
         if self.security == "ssl":
             self._handshake(connection)
         self.stage = "greeting"
@@ -252,7 +299,9 @@ class Check:
                 raise Failure("starttls_unsupported", "The server refused STARTTLS.", reply)
             self._handshake(connection)
             self._ehlo(connection)
-        if password is not None:
+        if isinstance(password, AccessToken):
+            self._authenticate_with_token(connection, password)
+        elif password is not None:
             self._authenticate(connection, password)
         if self.request.send_to is not None:
             self._send_test_mail(connection, self.request.send_to)
@@ -320,7 +369,53 @@ class Check:
             raise Failure("protocol_error", "The server asked for more authentication data than PLAIN or LOGIN define.", reply, polite=False)
         if reply.code == 504:
             raise Failure("auth_unsupported", "The server refused the authentication mechanism it offered.", reply)
+        if (reply.code, reply.enhanced) in _BASIC_AUTH_DISABLED:
+            raise Failure(
+                "basic_auth_disabled",
+                "The server refuses password (basic) authentication by policy: use auth.method oauth2 "
+                "(for Exchange Online, the microsoft flow).",
+                reply,
+            )
         raise AuthRejected("auth_failed", "The server rejected the username or password.", reply)
+
+    def _authenticate_with_token(self, connection: Connection, token: AccessToken) -> None:
+        self.stage = "auth"
+        if "AUTH" not in self._offered:
+            raise Failure("auth_unsupported", "The server does not offer authentication; the token was not sent.")
+        mechanisms = set(self._offered["AUTH"].upper().split())
+        mechanism = auth.pick(mechanisms, auth.TOKEN_MECHANISMS)
+        if mechanism is None:
+            offered = " ".join(sorted(mechanisms)) or "none"
+            raise Failure("auth_unsupported", f"The server offers AUTH {offered}, but neither XOAUTH2 nor OAUTHBEARER.")
+        user = str(self.username)
+        if mechanism == "XOAUTH2":
+            payload = auth.xoauth2_encode(user, token.value)
+        else:
+            payload = auth.oauthbearer_encode(user, token.value, self.wire_host, self.port)
+        self._secrets.append(payload)
+        if auth.fits_one_line(mechanism, payload):
+            reply = connection.command(f"AUTH {mechanism} {payload}", shown=f"AUTH {mechanism} {MASK}")
+        else:
+            # Too long for one command line (RFC 5321 4.5.3.1.4; Gmail answers 555 5.5.2):
+            # the response follows the server's empty challenge instead.
+            reply = connection.command(f"AUTH {mechanism}")
+            if reply.code == 334:
+                reply = connection.command(payload, shown=MASK)
+        detail = ""
+        if reply.code == 334:
+            # A refused token: the server explains in a JSON challenge and waits for a
+            # dummy response before its final reply (RFC 7628 3.2.3).
+            explained = auth.oauth_error(reply.text)
+            if explained and explained.get("status"):
+                detail = f" (status {str(explained['status'])[:20]})"
+            reply = connection.command(auth.OAUTH_ERROR_ACK[mechanism])
+        if reply.code == 235:
+            return
+        if reply.code == 334:
+            raise Failure("protocol_error", "The server kept asking for authentication data after the token.", reply, polite=False)
+        if reply.code == 504:
+            raise Failure("auth_unsupported", "The server refused the authentication mechanism it offered.", reply)
+        raise AuthRejected("auth_failed", f"The server refused the access token for {user}{detail}.", reply)
 
     def _send_test_mail(self, connection: Connection, send_to: str) -> None:
         settings = self.request.settings

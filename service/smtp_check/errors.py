@@ -27,9 +27,13 @@ class Reply:
 class Failure(Exception):
     """Ends the check with a contract error code; the message is safe to show."""
 
-    def __init__(self, code: str, message: str, reply: Reply | None = None, *, polite: bool = True) -> None:
+    def __init__(
+        self, code: str, message: str, reply: Reply | None = None, *, polite: bool = True, oauth_error: str | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
+        #: With ``token_unavailable``: the token endpoint's RFC 6749 ``error`` code.
+        self.oauth_error = oauth_error
         self.message = message
         self.reply = reply
         # Polite failures leave the dialogue in a state where QUIT still makes sense.
