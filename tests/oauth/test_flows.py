@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-import copy
+import json
+import smtplib
+import ssl
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 import pytest
+
+from service.smtp_check.auth import xoauth2_encode
 
 from tests.conftest import Tokens
 from tests.fixtures.oauth_servers import (
@@ -50,8 +58,6 @@ def microsoft_certificate(oauth: OAuthLab) -> dict[str, Any]:
 
 
 def google(oauth: OAuthLab) -> dict[str, Any]:
-    import json
-
     return {"method": "oauth2", "flow": "google", "service_account_key": {"source": "plaintext", "value": json.dumps(oauth.service_account_key)}}
 
 
@@ -85,3 +91,166 @@ def test_each_flow_validates_sends_and_serves_a_token(lab, oauth, smtp_ca_pem, f
     assert effective["access_token"] in oauth.tokens.endpoint.issued
     assert [c.ok for c in oauth.xoauth2.handler.bearer_checks] == [True, True]
     assert oauth.tokens.endpoint.count() == 1  # validate, test-connection and effective share one token
+
+
+def test_a_wrong_client_secret_is_token_unavailable_with_the_endpoints_error(lab, oauth, smtp_ca_pem):
+    app, client, tokens = lab
+    document = settings(oauth, oauth.xoauth2, microsoft(oauth, secret="not-the-secret"), smtp_ca_pem)
+
+    result = client.post("/v1/smtp/validate", json={"settings": document}, headers=tokens.headers("admin")).json
+
+    assert result["ok"] is False and result["stage"] == "token"
+    assert result["error"]["code"] == "token_unavailable"
+    assert result["error"]["oauth_error"] == "invalid_client"
+    assert "AADSTS7000215" in result["error"]["message"]
+    assert result["server"]["address"] is None  # no SMTP connection was made
+    assert oauth.xoauth2.handler.bearer_checks == []
+
+
+def test_effective_with_a_token_that_cannot_be_had_is_503_token_unavailable(lab, oauth, smtp_ca_pem):
+    app, client, tokens = lab
+    client.put("/v1/smtp", json=settings(oauth, oauth.xoauth2, microsoft(oauth, secret="wrong"), smtp_ca_pem), headers=tokens.headers("admin"))
+
+    response = client.get("/v1/smtp/effective?include_password=true", headers=tokens.headers("secret-reader"))
+
+    assert response.status_code == 503
+    assert response.json["code"] == "token_unavailable" and response.json["oauth_error"] == "invalid_client"
+    assert "wrong" not in response.get_data(as_text=True)
+
+
+def test_a_token_revoked_by_the_server_is_refreshed_once_and_the_check_passes(lab, oauth, smtp_ca_pem):
+    app, client, tokens = lab
+    client.put("/v1/smtp", json=settings(oauth, oauth.xoauth2, microsoft(oauth), smtp_ca_pem), headers=tokens.headers("admin"))
+    assert client.post("/v1/smtp/validate", headers=tokens.headers("admin")).json["ok"] is True
+    oauth.xoauth2.handler.revoked.update(oauth.tokens.endpoint.issued)
+
+    result = client.post("/v1/smtp/validate", headers=tokens.headers("admin")).json
+
+    assert result["ok"] is True, result
+    assert result["token"]["refreshed"] is True
+    assert [c.reason for c in oauth.xoauth2.handler.bearer_checks] == ["", "revoked", ""]
+    assert oauth.tokens.endpoint.count() == 2
+    assert result["transcript"].count("C: AUTH XOAUTH2") == 2
+
+
+def test_an_expiring_token_is_renewed_before_use_without_a_failed_attempt(lab, oauth, smtp_ca_pem):
+    app, client, tokens = lab
+    oauth.tokens.endpoint.expires_in = 2
+    client.put("/v1/smtp", json=settings(oauth, oauth.xoauth2, client_credentials(oauth), smtp_ca_pem), headers=tokens.headers("admin"))
+    first = client.post("/v1/smtp/validate", headers=tokens.headers("admin")).json
+    assert first["ok"] is True
+    expires = datetime.fromisoformat(first["token"]["expires_at"]).timestamp()
+    deadline = time.monotonic() + 10
+    while time.time() < expires + 0.2 and time.monotonic() < deadline:
+        time.sleep(0.1)  # waiting on the wall clock itself: the token must have expired
+
+    second = client.post("/v1/smtp/validate", headers=tokens.headers("admin")).json
+
+    assert second["ok"] is True and second["token"]["refreshed"] is False
+    assert [c.ok for c in oauth.xoauth2.handler.bearer_checks] == [True, True]
+    assert oauth.tokens.endpoint.count() == 2
+
+
+def test_twenty_concurrent_validations_make_one_token_request(lab, oauth, smtp_ca_pem):
+    app, client, tokens = lab
+    oauth.tokens.endpoint.delay = 0.3  # the first request is still in flight when the others ask
+    client.put("/v1/smtp", json=settings(oauth, oauth.xoauth2, microsoft(oauth), smtp_ca_pem), headers=tokens.headers("admin"))
+    headers = tokens.headers("admin")
+    start = threading.Barrier(20)
+
+    def validate(_: int) -> dict[str, Any]:
+        own = app.test_client()
+        start.wait(timeout=10)
+        return own.post("/v1/smtp/validate", headers=headers).json
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(validate, range(20)))
+
+    assert all(r["ok"] for r in results), [r["error"] for r in results if not r["ok"]]
+    assert oauth.tokens.endpoint.count() == 1
+    assert len(oauth.xoauth2.handler.bearer_checks) == 20
+
+
+def test_only_oauthbearer_offered_is_used(lab, oauth, smtp_ca_pem):
+    app, client, tokens = lab
+    document = settings(oauth, oauth.oauthbearer, google(oauth), smtp_ca_pem)
+
+    result = client.post("/v1/smtp/validate", json={"settings": document}, headers=tokens.headers("admin")).json
+
+    assert result["ok"] is True, result
+    assert [(c.mechanism, c.user, c.ok) for c in oauth.oauthbearer.handler.bearer_checks] == [("OAUTHBEARER", MAILBOX, True)]
+
+
+def test_a_3_kb_token_passes_a_512_byte_command_limit_in_the_two_step_form(lab, oauth, smtp_ca_pem):
+    app, client, tokens = lab
+    oauth.tokens.endpoint.padding = 2400
+    document = settings(oauth, oauth.short_lines, client_credentials(oauth), smtp_ca_pem)
+
+    result = client.post("/v1/smtp/validate", json={"settings": document}, headers=tokens.headers("admin")).json
+
+    assert result["ok"] is True, result
+    token = oauth.tokens.endpoint.issued[-1]
+    assert len(token) > 3000
+    assert [(c.ok, c.two_step) for c in oauth.short_lines.handler.bearer_checks] == [(True, True)]
+    assert "C: AUTH XOAUTH2" in result["transcript"] and "C: ********" in result["transcript"]
+    # The one-line form of the same token is what the server refuses.
+    with smtplib.SMTP("127.0.0.1", oauth.short_lines.port, timeout=10) as smtp:
+        smtp.starttls(context=ssl.create_default_context(cadata=smtp_ca_pem))
+        smtp.ehlo()
+        code, _ = smtp.docmd("AUTH", "XOAUTH2 " + xoauth2_encode(MAILBOX, token))
+    assert code == 500
+
+
+def test_exchanges_basic_auth_refusal_is_basic_auth_disabled(lab, oauth, smtp_ca_pem):
+    app, client, tokens = lab
+    document = {
+        **settings(oauth, oauth.basic_disabled, {"method": "password"}, smtp_ca_pem),
+        "password": {"source": "plaintext", "value": "a-password"},
+    }
+
+    result = client.post("/v1/smtp/validate", json={"settings": document}, headers=tokens.headers("admin")).json
+
+    assert result["error"]["code"] == "basic_auth_disabled"
+    assert result["error"]["smtp_code"] == 535 and "5.7.139" in result["error"]["smtp_message"]
+    assert "oauth2" in result["error"]["message"]
+
+
+def test_the_etag_of_effective_settings_moves_when_the_token_changes(lab, oauth, smtp_ca_pem):
+    app, client, tokens = lab
+    client.put("/v1/smtp", json=settings(oauth, oauth.xoauth2, microsoft(oauth), smtp_ca_pem), headers=tokens.headers("admin"))
+    sender = tokens.headers("secret-reader")
+    first = client.get("/v1/smtp/effective?include_password=true", headers=sender)
+    again = client.get("/v1/smtp/effective?include_password=true", headers={**sender, "If-None-Match": first.headers["ETag"]})
+    assert again.status_code == 304
+    app.extensions["smtpconf"].secrets.tokens.clear()
+
+    renewed = client.get("/v1/smtp/effective?include_password=true", headers={**sender, "If-None-Match": first.headers["ETag"]})
+
+    assert renewed.status_code == 200
+    assert renewed.json["access_token"] != first.json["access_token"]
+    assert renewed.headers["ETag"] != first.headers["ETag"]
+    assert renewed.headers["Cache-Control"] == "no-store"
+    assert "client_secret" not in json.dumps(renewed.json["auth"]) or renewed.json["auth"]["client_secret"] == {"source": "plaintext", "value_set": True}
+    assert CLIENT_SECRET not in renewed.get_data(as_text=True)
+
+
+def test_a_token_endpoint_in_a_denied_network_is_refused(lab, oauth, smtp_ca_pem):
+    app, client, tokens = lab
+    auth = {**client_credentials(oauth), "token_url": "https://169.254.169.254/oauth/token"}
+
+    result = client.post("/v1/smtp/validate", json={"settings": settings(oauth, oauth.xoauth2, auth, smtp_ca_pem)}, headers=tokens.headers("admin")).json
+
+    assert result["error"]["code"] == "token_unavailable"
+    assert "denied network" in result["error"]["message"]
+    assert oauth.tokens.endpoint.requests == []
+
+
+def test_token_requests_and_failures_are_counted(lab, oauth, smtp_ca_pem):
+    app, client, tokens = lab
+    client.post("/v1/smtp/validate", json={"settings": settings(oauth, oauth.xoauth2, microsoft(oauth, "bad"), smtp_ca_pem)}, headers=tokens.headers("admin"))
+    client.post("/v1/smtp/validate", json={"settings": settings(oauth, oauth.xoauth2, microsoft(oauth), smtp_ca_pem)}, headers=tokens.headers("admin"))
+
+    text = client.get("/metrics").get_data(as_text=True)
+
+    assert 'smtpconf_oauth_token_requests_total{flow="microsoft",outcome="invalid_client"}' in text
+    assert 'smtpconf_oauth_token_requests_total{flow="microsoft",outcome="ok"}' in text
