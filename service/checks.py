@@ -233,10 +233,12 @@ class CheckService:
         auth = effective.document["auth"]
         scope = auth_scope(effective)
         subject = str(effective.document["username"])
+        # A hung token endpoint costs at most the check's own timeout.
+        timeout = float(effective.document.get("timeout_seconds") or 10)
 
         def get(refresh: bool) -> smtp_check.AccessToken:
             try:
-                token = self.secrets.access_token(auth, scope, subject, refresh=refresh)
+                token = self.secrets.access_token(auth, scope, subject, refresh=refresh, timeout=timeout)
             except PasswordUnavailable as exc:
                 raise smtp_check.TokenUnavailable(
                     f"The OAuth2 client credential could not be resolved: {exc.detail}", code="password_unavailable"

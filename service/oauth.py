@@ -39,6 +39,8 @@ ENDPOINT_FIELDS = ("flow", "tenant_id", "authority_host", "token_url", "client_i
 SECRET_FIELDS = ("client_secret", "client_certificate", "service_account_key")
 #: A token is renewed this long before it expires (at most half its lifetime).
 RENEW_BEFORE_SECONDS = 60.0
+#: A token this close to expiry is not handed out even when its renewal failed.
+STILL_USABLE_SECONDS = 5.0
 #: How long one token request may take, whatever the check's own timeout.
 REQUEST_TIMEOUT_SECONDS = 10.0
 MAX_CACHED_TOKENS = 1024
@@ -168,6 +170,8 @@ def fetch_client_credentials(auth: Mapping[str, Any], secret: str, session: Poli
     requested_at = time.time()
     try:
         response = session.post(auth["token_url"], data=data, auth=(auth["client_id"], secret), headers={"Accept": "application/json"})
+    except requests.Timeout:
+        raise TokenError("The token endpoint did not answer in time.") from None
     except requests.RequestException as exc:
         raise TokenError(f"The token endpoint could not be reached: {type(exc).__name__}.") from None
     try:
@@ -301,8 +305,14 @@ class TokenService:
         self._tokens: dict[TokenKey, Token] = {}
         self._flights: dict[TokenKey, threading.Lock] = {}
 
-    def get(self, auth: Mapping[str, Any], secret: str, subject: str, *, refresh: bool = False) -> Token:
-        """A token for ``auth`` acting as ``subject`` (the mailbox); ``refresh`` drops a cached one first."""
+    def get(
+        self, auth: Mapping[str, Any], secret: str, subject: str, *, refresh: bool = False, timeout: float | None = None
+    ) -> Token:
+        """A token for ``auth`` acting as ``subject`` (the mailbox); ``refresh`` drops a cached one first.
+
+        ``timeout`` bounds a request to the endpoint (default ``REQUEST_TIMEOUT_SECONDS``).
+        """
+        timeout = min(timeout or REQUEST_TIMEOUT_SECONDS, REQUEST_TIMEOUT_SECONDS)
         auth = with_defaults(auth)
         key = token_key(auth, secret, subject)
         if refresh:
@@ -315,13 +325,20 @@ class TokenService:
         with self._lock:
             flight = self._flights.setdefault(key, threading.Lock())
         # Concurrent requests for one key wait here for the one request in flight.
-        if not flight.acquire(timeout=REQUEST_TIMEOUT_SECONDS + 5):
-            raise TokenError("Another request for the same token is taking too long.")
+        if not flight.acquire(timeout=timeout + 1):
+            raise TokenError("The token endpoint did not answer in time (another request for the same token is waiting for it).")
         try:
             cached = self._fresh(key)
             if cached is not None and not refresh:
                 return cached
-            token = self._fetch(auth, secret, subject)
+            try:
+                token = self._fetch(auth, secret, subject, timeout)
+            except TokenError:
+                # Renewal is due but the endpoint is down: a token that has not expired yet still works.
+                held = None if refresh else self._tokens.get(key)
+                if held is not None and held.expires_at - self.clock() > STILL_USABLE_SECONDS:
+                    return dataclasses.replace(held, from_cache=True)
+                raise
             with self._lock:
                 if len(self._tokens) >= MAX_CACHED_TOKENS:
                     self._tokens.clear()
@@ -351,9 +368,9 @@ class TokenService:
             return None
         return dataclasses.replace(token, from_cache=True)
 
-    def _fetch(self, auth: Mapping[str, Any], secret: str, subject: str) -> Token:
+    def _fetch(self, auth: Mapping[str, Any], secret: str, subject: str, timeout: float) -> Token:
         flow = auth["flow"]
-        session = PolicedSession(self.policy, REQUEST_TIMEOUT_SECONDS, self.resolver)
+        session = PolicedSession(self.policy, timeout, self.resolver)
         started = time.monotonic()
         try:
             if flow == "microsoft":

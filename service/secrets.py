@@ -45,6 +45,7 @@ log = logging.getLogger("smtpconf.secrets")
 EXPIRY_WARNING = dt.timedelta(days=14)
 READINESS_TTL = 5.0
 MAX_PLANS = 256
+EFFECTIVE_TOKEN_TIMEOUT = 5.0
 
 
 class PasswordUnavailable(ApiError):
@@ -352,12 +353,14 @@ class SecretsService:
             raise PasswordUnavailable(f"The stored {name} cannot be decrypted with the configured master keys.") from None
         return ResolvedPassword(value, "plaintext", reference.get("version"), utcnow())
 
-    def access_token(self, auth: Mapping[str, Any], scope: str, subject: str, *, refresh: bool = False) -> Token:
+    def access_token(
+        self, auth: Mapping[str, Any], scope: str, subject: str, *, refresh: bool = False, timeout: float | None = None
+    ) -> Token:
         """An access token for the mailbox ``subject``; 503 ``password_unavailable`` or ``token_unavailable``."""
         assert self.tokens is not None
         secret = self.resolve_auth_secret(auth, scope)
         try:
-            return self.tokens.get(auth, secret.value, subject, refresh=refresh)
+            return self.tokens.get(auth, secret.value, subject, refresh=refresh, timeout=timeout)
         except TokenError as exc:
             raise TokenUnavailable(
                 f"No access token: {exc.message}".replace(secret.value, "********"),
@@ -367,7 +370,8 @@ class SecretsService:
     def token_fields(self, effective: Any) -> dict[str, Any]:
         """What ``include_password=true`` adds under OAuth2: the access token, never the client secret or key."""
         document = effective.document
-        token = self.access_token(document["auth"], auth_scope(effective), str(document["username"]))
+        # Senders must not wait long: a hung endpoint answers 503 within this bound.
+        token = self.access_token(document["auth"], auth_scope(effective), str(document["username"]), timeout=EFFECTIVE_TOKEN_TIMEOUT)
         return {
             "password": None,
             "password_version": None,

@@ -254,3 +254,52 @@ def test_token_requests_and_failures_are_counted(lab, oauth, smtp_ca_pem):
 
     assert 'smtpconf_oauth_token_requests_total{flow="microsoft",outcome="invalid_client"}' in text
     assert 'smtpconf_oauth_token_requests_total{flow="microsoft",outcome="ok"}' in text
+
+
+def test_a_hung_token_endpoint_costs_no_more_than_the_checks_timeout(lab, oauth, smtp_ca_pem, silent_server):
+    app, client, tokens = lab
+    auth = {**client_credentials(oauth), "token_url": f"https://127.0.0.1:{silent_server.port}/oauth/token"}
+    document = {**settings(oauth, oauth.xoauth2, auth, smtp_ca_pem), "timeout_seconds": 2}
+    started = time.monotonic()
+
+    result = client.post("/v1/smtp/validate", json={"settings": document}, headers=tokens.headers("admin")).json
+
+    assert time.monotonic() - started < 5
+    assert result["error"]["code"] == "token_unavailable" and result["stage"] == "token"
+    assert "in time" in result["error"]["message"]
+
+
+def test_a_token_still_valid_is_served_while_its_renewal_fails(lab, oauth, smtp_ca_pem):
+    app, client, tokens = lab
+    client.put("/v1/smtp", json=settings(oauth, oauth.xoauth2, client_credentials(oauth), smtp_ca_pem), headers=tokens.headers("admin"))
+    sender = tokens.headers("secret-reader")
+    first = client.get("/v1/smtp/effective?include_password=true", headers=sender).json
+    service = app.extensions["smtpconf"].secrets.tokens
+    # Renewal comes due (the clock moves past the renewal margin, not past expiry) while the endpoint refuses.
+    service.clock = lambda: time.time() + 3600 - 30
+    oauth.tokens.endpoint.client_secrets[CC_CLIENT_ID] = "rotated-elsewhere"
+    try:
+        second = client.get("/v1/smtp/effective?include_password=true", headers=sender)
+    finally:
+        oauth.tokens.endpoint.client_secrets[CC_CLIENT_ID] = CC_SECRET
+
+    assert second.status_code == 200 and second.json["access_token"] == first["access_token"]
+    assert oauth.tokens.endpoint.count(outcome="invalid_client") == 1
+
+
+def test_a_rotated_client_secret_is_used_at_once(lab, oauth, smtp_ca_pem):
+    app, client, tokens = lab
+    security = tokens.headers("security")
+    client.put("/v1/secrets/smtp/relay-client", json={"value": CC_SECRET}, headers=security)
+    auth = {**client_credentials(oauth), "client_secret": {"source": "internal", "secret": "smtp/relay-client"}}
+    client.put("/v1/smtp", json=settings(oauth, oauth.xoauth2, auth, smtp_ca_pem), headers=tokens.headers("admin"))
+    assert client.post("/v1/smtp/validate", headers=tokens.headers("admin")).json["ok"] is True
+    oauth.tokens.endpoint.client_secrets[CC_CLIENT_ID] = "relay-secret-rotated"
+    try:
+        client.put("/v1/secrets/smtp/relay-client", json={"value": "relay-secret-rotated"}, headers=security)
+        result = client.post("/v1/smtp/validate", headers=tokens.headers("admin")).json
+    finally:
+        oauth.tokens.endpoint.client_secrets[CC_CLIENT_ID] = CC_SECRET
+
+    assert result["ok"] is True
+    assert oauth.tokens.endpoint.count() == 2  # the new secret is not served a token cached for the old one
