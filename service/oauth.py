@@ -25,7 +25,8 @@ from urllib.parse import urlsplit
 import requests
 
 from service.observability import TOKEN_REQUESTS
-from service.smtp_check.policy import LOOKUPS, DestinationPolicy, ip_literal, system_resolver
+from service import smtp_check
+from service.smtp_check.policy import LOOKUPS, DestinationPolicy, ip_literal
 
 log = logging.getLogger("smtpconf.oauth")
 
@@ -300,7 +301,7 @@ class TokenService:
     ) -> None:
         self.policy = policy
         self.clock = clock
-        self.resolver = resolver or system_resolver
+        self.resolver = resolver
         self._lock = threading.Lock()
         self._tokens: dict[TokenKey, Token] = {}
         self._flights: dict[TokenKey, threading.Lock] = {}
@@ -370,7 +371,8 @@ class TokenService:
 
     def _fetch(self, auth: Mapping[str, Any], secret: str, subject: str, timeout: float) -> Token:
         flow = auth["flow"]
-        session = PolicedSession(self.policy, timeout, self.resolver)
+        # The engine's resolver, looked up now, so a lab that replaces it there replaces it here too.
+        session = PolicedSession(self.policy, timeout, self.resolver or smtp_check.default_resolver())
         started = time.monotonic()
         try:
             if flow == "microsoft":

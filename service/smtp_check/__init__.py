@@ -45,11 +45,17 @@ __all__ = [
     "Resolver",
     "TokenGetter",
     "TokenUnavailable",
+    "default_resolver",
     "run_check",
 ]
 
 # Looked up at each check (not bound at import), so a lab or a test can put another resolver here.
 _system_resolver: Resolver = system_resolver
+
+
+def default_resolver() -> Resolver:
+    """The resolver checks and token requests use unless told otherwise (looked up at each call)."""
+    return _system_resolver
 
 
 def run_check(request: CheckRequest) -> dict[str, Any]:
