@@ -245,7 +245,6 @@ def fetch_google(auth: Mapping[str, Any], key_json: str, subject: str, session: 
         credentials = service_account.Credentials.from_service_account_info(info, **kwargs)
     except (ValueError, KeyError, TypeError):
         raise TokenError("The service account key is not a Google service-account key JSON.") from None
-    session.admit(credentials._token_uri)  # noqa: SLF001 -- refused before the key signs anything for it
     requested_at = time.time()
     try:
         credentials.refresh(google.auth.transport.requests.Request(session=session))

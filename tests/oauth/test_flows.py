@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import smtplib
 import ssl
 import threading
@@ -13,9 +15,10 @@ from typing import Any
 
 import pytest
 
+from service.rotation import rotate_master_key
 from service.smtp_check.auth import xoauth2_encode
 
-from tests.conftest import Tokens
+from tests.conftest import MASTER_KEY, Tokens
 from tests.fixtures.oauth_servers import (
     CC_CLIENT_ID,
     CC_SECRET,
@@ -303,3 +306,17 @@ def test_a_rotated_client_secret_is_used_at_once(lab, oauth, smtp_ca_pem):
 
     assert result["ok"] is True
     assert oauth.tokens.endpoint.count() == 2  # the new secret is not served a token cached for the old one
+
+
+def test_master_key_rotation_reseals_oauth2_secrets(lab, make_app, oauth, smtp_ca_pem):
+    app, client, tokens = lab
+    client.put("/v1/smtp", json=settings(oauth, oauth.xoauth2, microsoft(oauth), smtp_ca_pem), headers=tokens.headers("admin"))
+    new_key = base64.b64encode(os.urandom(32)).decode()
+    both = make_app(master_key=f"{new_key},{MASTER_KEY}")
+
+    assert rotate_master_key(both.extensions["smtpconf"].db, both.extensions["smtpconf"].keyring) == {"secrets": 0, "passwords": 1}
+
+    only_new = make_app(master_key=new_key)
+    response = only_new.test_client().get("/v1/smtp/effective?include_password=true", headers=tokens.headers("secret-reader"))
+    assert response.status_code == 200, response.json
+    assert response.json["access_token"] in oauth.tokens.endpoint.issued
