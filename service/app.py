@@ -30,6 +30,7 @@ from service.observability import (
     set_request_id,
 )
 from service.rotation_events import RotationEvents
+from service.oauth import TokenService
 from service.secrets import SecretsService
 from service.settings import SettingsService
 from service.smtp_check import DestinationPolicy
@@ -120,6 +121,8 @@ def build_services(config: Config) -> Services:
         policy = DestinationPolicy.from_strings(config.smtp_allowed_ports, config.smtp_denied_networks)
     except ValueError as exc:
         raise ConfigError(f"SMTPCONF_SMTP_ALLOWED_PORTS / SMTPCONF_SMTP_DENIED_NETWORKS: {exc}") from None
+    # Token endpoints are held to the SMTP destination policy's denied networks (any HTTPS port).
+    secrets.tokens = TokenService(policy)
     checks = CheckService(settings, secrets, policy, fips_mode=config.fips_mode, rate_limit=config.rate_limit_per_minute)
     authenticate = Authenticator(db, outage_grace=config.token_outage_grace_seconds)
     propagator.start()

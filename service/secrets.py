@@ -37,8 +37,10 @@ from service.db import Database, PasswordAccess, is_unavailable, iso_utc, utcnow
 from service.errors import ApiError, ValidationFailed
 from service.internal_store import InternalStore
 from service.observability import SECRET_FETCHES
+from service.oauth import Token, TokenError, TokenService, secret_field
 from service.propagation import Applied, Propagator, announce, refetch
-from service.settings import plaintext_context
+from service.schemas import is_oauth2
+from service.settings import auth_scope, auth_secret_context, plaintext_context
 
 log = logging.getLogger("smtpconf.secrets")
 EXPIRY_WARNING = dt.timedelta(days=14)
@@ -47,12 +49,19 @@ MAX_LISTED_NAMES = 1000
 #: Seconds between background checks of each manager for ``/readyz``.
 READINESS_INTERVAL = 5.0
 MAX_PLANS = 256
+EFFECTIVE_TOKEN_TIMEOUT = 5.0
 
 
 class PasswordUnavailable(ApiError):
     status = 503
     code = "password_unavailable"
     title = "The SMTP password cannot be resolved"
+
+
+class TokenUnavailable(ApiError):
+    status = 503
+    code = "token_unavailable"
+    title = "No OAuth2 access token can be obtained"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +136,8 @@ class SecretsService:
         self._checking: set[str] = set()
         self._settings_listeners: list[Callable[[], None]] = []
         propagator.subscribe(self._apply)
+        #: OAuth2 access tokens for settings with ``auth.method: oauth2`` (set by the app).
+        self.tokens: TokenService | None = None
 
     # coherence across workers and instances
 
@@ -345,8 +356,53 @@ class SecretsService:
             raise PasswordUnavailable("The stored password cannot be decrypted with the configured master keys.") from None
         return ResolvedPassword(value, "plaintext", reference.get("version"), utcnow())
 
+    def resolve_auth_secret(self, auth: Mapping[str, Any], scope: str, *, refresh: bool = False) -> ResolvedPassword:
+        """The client secret, certificate or key of an OAuth2 ``auth`` object, or 503 ``password_unavailable``."""
+        name = secret_field(auth)
+        reference = auth[name]
+        if reference.get("source") != "plaintext":
+            return self.resolve(reference, scope, refresh=refresh)
+        if "value" in reference:  # candidate settings, not stored yet
+            return ResolvedPassword(reference["value"], "plaintext", None, utcnow())
+        scope = reference.get("_stored_scope") or scope
+        try:
+            value = self.keyring.decrypt(reference["ciphertext"], auth_secret_context(scope, name))
+        except (DecryptionError, KeyError):
+            raise PasswordUnavailable(f"The stored {name} cannot be decrypted with the configured master keys.") from None
+        return ResolvedPassword(value, "plaintext", reference.get("version"), utcnow())
+
+    def access_token(
+        self, auth: Mapping[str, Any], scope: str, subject: str, *, refresh: bool = False, timeout: float | None = None
+    ) -> Token:
+        """An access token for the mailbox ``subject``; 503 ``password_unavailable`` or ``token_unavailable``."""
+        assert self.tokens is not None
+        secret = self.resolve_auth_secret(auth, scope)
+        try:
+            return self.tokens.get(auth, secret.value, subject, refresh=refresh, timeout=timeout)
+        except TokenError as exc:
+            raise TokenUnavailable(
+                f"No access token: {exc.message}".replace(secret.value, "********"),
+                extra={"oauth_error": exc.oauth_error},
+            ) from None
+
+    def token_fields(self, effective: Any) -> dict[str, Any]:
+        """What ``include_password=true`` adds under OAuth2: the access token, never the client secret or key."""
+        document = effective.document
+        # Senders must not wait long: a hung endpoint answers 503 within this bound.
+        token = self.access_token(document["auth"], auth_scope(effective), str(document["username"]), timeout=EFFECTIVE_TOKEN_TIMEOUT)
+        return {
+            "password": None,
+            "password_version": None,
+            "password_resolved_at": None,
+            "access_token": token.value,
+            "access_token_expires_at": iso_utc(token.expires_at_datetime),
+            "sasl_mechanism": "XOAUTH2",
+        }
+
     def password_fields(self, effective: Any, token_name: str) -> dict[str, Any]:
         """The fields ``include_password=true`` adds, and who-read-what bookkeeping."""
+        if is_oauth2(effective.document):
+            return self.token_fields(effective)
         reference = effective.document.get("password")
         if reference is None:
             return {"password": None, "password_version": None, "password_resolved_at": None}

@@ -22,14 +22,18 @@ from service import audit
 from service.crypto import KeyRing
 from service.db import Database, SmtpSettings, is_unavailable, iso_utc, utcnow
 from service.errors import DatabaseUnavailable, NotFound, PreconditionFailed, ValidationFailed
+from service.oauth import ENDPOINT_FIELDS, SECRET_FIELDS, with_defaults
 from service.propagation import SETTINGS, announce
-from service.schemas import SETTINGS_FIELDS, SYSTEM_DEFAULTS, credential_errors, load_settings
+from service.schemas import SETTINGS_FIELDS, SYSTEM_DEFAULTS, check_auth_plaintext, credential_errors, is_oauth2, load_settings
 
 SYSTEM_SCOPE = "system"
 TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 REQUIRED_FIELDS = ("host", "port", "from_email")
 DESTINATION_FIELDS = ("host", "port", "security", "username")
 READ_BACK_PLAINTEXT = {"source": "plaintext", "value_set": True}
+PASSWORD_AUTH = {"method": "password"}
+#: Hosts whose operators have retired password (basic) SMTP AUTH.
+BASIC_AUTH_RETIRED_HOSTS = frozenset({"smtp.office365.com", "smtp-mail.outlook.com"})
 #: Settings rows a worker reads at once and keeps for effective reads after each change
 #: (every tenant of a large installation fits); beyond, rows are read as they are asked for.
 ROW_CACHE_SIZE = 20_000
@@ -59,13 +63,34 @@ def redact_password(password: dict[str, Any] | None) -> dict[str, Any] | None:
     return dict(password)
 
 
+def auth_secret_context(scope: str, name: str) -> str:
+    """Associated data binding a stored OAuth2 secret (``client_secret``, ...) to its settings row."""
+    return f"smtp_settings:{scope}:auth.{name}"
+
+
+def redact_auth(auth: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The form an ``auth`` object is shown in: its secrets as references, never values."""
+    if auth is None:
+        return None
+    return {name: redact_password(value) if name in SECRET_FIELDS else value for name, value in auth.items()}
+
+
 def redact(document: dict[str, Any] | None) -> dict[str, Any] | None:
     if document is None:
         return None
     out = dict(document)
     if "password" in out:
         out["password"] = redact_password(out["password"])
+    if "auth" in out:
+        out["auth"] = redact_auth(out["auth"])
     return out
+
+
+def auth_scope(effective: Any) -> str:
+    """The settings row an OAuth2 plaintext secret is sealed to: the level ``auth`` was set at."""
+    if effective.tenant is not None and "auth" in effective.tenant.document:
+        return effective.tenant.scope
+    return SYSTEM_SCOPE
 
 
 def warnings_for(effective: dict[str, Any]) -> list[str]:
@@ -75,6 +100,9 @@ def warnings_for(effective: dict[str, Any]) -> list[str]:
         warnings.append("anonymous_smtp")
     elif effective.get("security") == "none":
         warnings.append("credentials_over_plaintext")
+    host = str(effective.get("host") or "").lower().rstrip(".")
+    if host in BASIC_AUTH_RETIRED_HOSTS and effective.get("username") is not None and not is_oauth2(effective):
+        warnings.append("basic_auth_retiring")
     return warnings
 
 
@@ -318,6 +346,11 @@ class SettingsService:
         for name in ("cc", "bcc", "preferred_notifications"):
             if document[name] is None:
                 document[name] = []
+        if document["auth"] is None:
+            document["auth"] = PASSWORD_AUTH
+        elif is_oauth2(document):
+            # A token replaces the password: one inherited from the system level is set aside.
+            document["password"] = None
         scope = SYSTEM_SCOPE if tenant_id is None else f"tenant:{tenant_id}"
         return Effective(document, inherited, system, tenant, scope)
 
@@ -327,6 +360,7 @@ class SettingsService:
         if stored.scope == SYSTEM_SCOPE:
             body = {**SYSTEM_DEFAULTS, **body}
             body["password"] = redact_password(stored.document.get("password"))
+            body["auth"] = redact_auth(body.get("auth")) or dict(PASSWORD_AUTH)
             body["warnings"] = warnings_for(body)
         else:
             system = inherited_from if isinstance(inherited_from, StoredSettings) else None
@@ -363,6 +397,7 @@ class SettingsService:
     def _render_effective(self, effective: Effective, extra: dict[str, Any] | None) -> EffectiveView:
         body = dict(effective.document)
         body["password"] = redact_password(body.get("password"))
+        body["auth"] = redact_auth(body.get("auth"))
         body["inherited"] = effective.inherited
         body["warnings"] = warnings_for(effective.document)
         newest = max((s for s in (effective.system, effective.tenant) if s), key=lambda s: s.updated_at, default=None)
@@ -395,6 +430,8 @@ class SettingsService:
         password = document.get("password")
         if password is not None:
             document["password"] = self.check_reference(password)
+        if document.get("auth") is not None:
+            document["auth"] = check_auth_references(document["auth"], self.check_reference)
         return self._write(scope, document, actor=actor, if_match=if_match)
 
     def tenants(self, *, after: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
@@ -456,8 +493,9 @@ class SettingsService:
             system_row = session.get(SmtpSettings, SYSTEM_SCOPE)
             system = system_row.document if system_row else {}
         document = self._seal_password(scope, document, current, system)
+        document = self._seal_auth(scope, document, current)
         effective = {**SYSTEM_DEFAULTS, **(system or {}), **document}
-        errors = credential_errors(effective)
+        errors = credential_errors(effective, own=document)
         if errors:
             raise ValidationFailed(errors=errors)
         now = utcnow()
@@ -521,6 +559,66 @@ class SettingsService:
         return {**document, "password": dict(stored_plain)}
 
 
+    def _seal_auth(self, scope: str, document: dict[str, Any], current: StoredSettings | None) -> dict[str, Any]:
+        """Encrypt new plaintext OAuth2 secrets, or keep stored ones while the token endpoint and client are unchanged."""
+        auth = document.get("auth")
+        if not is_oauth2(document):
+            return document
+        stored_auth = (current.document.get("auth") if current else None) or {}
+        sealed = dict(auth)
+        for name in SECRET_FIELDS:
+            reference = auth.get(name)
+            if not reference or reference.get("source") != "plaintext":
+                continue
+            stored = stored_auth.get(name) if isinstance(stored_auth.get(name), dict) else None
+            stored_plain = stored if stored and stored.get("source") == "plaintext" else None
+            if "value" in reference:
+                version = int(stored_plain.get("version", 0)) + 1 if stored_plain else 1
+                sealed[name] = {
+                    "source": "plaintext",
+                    "ciphertext": self.keyring.encrypt(reference["value"], auth_secret_context(scope, name)),
+                    "version": str(version),
+                }
+                continue
+            changed = kept_auth_secret_changes(stored_auth, auth) if stored_plain else None
+            if stored_plain is None or changed:
+                reason = f"{', '.join(changed)} changed" if changed else "no stored value at this level"
+                raise ValidationFailed(
+                    f"The stored {name} is only kept while the token endpoint and client are unchanged ({reason}): send it again.",
+                    code="password_required",
+                    errors={"auth": {name: [f"Send the value again: {reason}."]}},
+                )
+            sealed[name] = dict(stored_plain)
+        return {**document, "auth": sealed}
+
+
+def kept_auth_secret_changes(stored_auth: dict[str, Any], auth: dict[str, Any]) -> list[str]:
+    """The fields naming the token endpoint and client that differ between two ``auth`` objects."""
+    before, after = with_defaults(stored_auth), with_defaults(auth)
+    return [name for name in ENDPOINT_FIELDS if before.get(name) != after.get(name)]
+
+
+def check_auth_references(auth: dict[str, Any], check_reference: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """Each secret reference inside ``auth``, checked like ``password`` (types, connections, allow-lists)."""
+    checked = dict(auth)
+    for name in SECRET_FIELDS:
+        reference = auth.get(name)
+        if reference is None:
+            continue
+        try:
+            if reference.get("source") == "plaintext":
+                checked[name] = check_auth_plaintext(reference)
+            else:
+                checked[name] = check_reference(reference)
+        except ValidationError as exc:
+            raise ValidationFailed(errors={"auth": {name: exc.messages}}) from None
+        except ValidationFailed as exc:
+            # The secrets layer words its errors for ``password``; they are this field's.
+            exc.errors = {"auth": {name: (exc.errors or {}).get("password", exc.errors)}}
+            raise
+    return checked
+
+
 def _bounded_put(kept: collections.OrderedDict[Any, Any], key: Any, value: Any, size: int) -> None:
     """Insert, dropping the oldest entries beyond ``size``."""
     kept[key] = value
@@ -537,12 +635,14 @@ def _flat_key(extra: dict[str, Any] | None) -> tuple[Any, ...]:
 
 
 def scopes_whose_password(session: Session, matches: Callable[[dict[str, Any]], bool]) -> list[str]:
-    """The settings levels whose password reference ``matches``."""
-    return [
-        scope
-        for scope, document in session.execute(sa.select(SmtpSettings.scope, SmtpSettings.document))
-        if document.get("password") and matches(document["password"])
-    ]
+    """The settings levels whose password reference, or a secret reference in ``auth``, ``matches``."""
+    found = []
+    for scope, document in session.execute(sa.select(SmtpSettings.scope, SmtpSettings.document)):
+        auth = document.get("auth") if isinstance(document.get("auth"), dict) else {}
+        references = [document.get("password"), *(auth.get(name) for name in SECRET_FIELDS)]
+        if any(isinstance(reference, dict) and matches(reference) for reference in references):
+            found.append(scope)
+    return found
 
 
 def _messages(exc: ValidationError) -> dict[str, Any]:

@@ -69,7 +69,7 @@ def test_tenant_override_inherits_unset_fields(client, tokens, system_settings):
     assert effective["password"] == {"source": "plaintext", "value_set": True}
     assert set(effective["inherited"]) == {
         "host", "security", "insecure_skip_verify", "ca_certificate_pem", "reply_to", "envelope_from",
-        "username", "domain", "password", "cc", "bcc", "preferred_notifications", "timeout_seconds",
+        "username", "domain", "password", "auth", "cc", "bcc", "preferred_notifications", "timeout_seconds",
     }
 
 
