@@ -101,6 +101,9 @@ def test_security_pages_check_new_version_invalidate_and_audit_paging(console):
     page.go("Secrets")
     page.wait(lambda d: "smtp/relay" in d.find_element(By.ID, "secret-list").text)
     assert "30" in page.text_of("#secret-list")
+    page.find("#secret-list details.history summary").click()
+    versions = page.wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#secret-list ol.versions li"))
+    assert len(versions) == 30 and "test-security" in versions[0].text
     page.fill("Name", "smtp/backup")
     page.by_label("Value").send_keys(CANARY)
     page.button("New version").click()

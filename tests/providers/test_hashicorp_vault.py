@@ -450,3 +450,39 @@ def test_reference_schema_refuses_bad_references(changes: dict, field: str) -> N
 def test_secret_name_is_the_path() -> None:
     assert HashiCorpVaultProvider.secret_name(reference("mail/smtp")) == "mail/smtp"
     assert reference("mail/smtp")["version"] is None
+
+
+# -- listing names for pickers ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def listing_bao(bao: OpenBao) -> OpenBao:
+    """Folders under ``pick/`` in both mounts, and tokens that may list them."""
+    for mount, version in ((KV2, 2), (KV1, 1)):
+        for path in ("pick/a", "pick/b", "pick/deep/c", "pick/deep/deeper/d", "other/e"):
+            bao.write_secret(mount, path, {"password": CANARY}, version=version)
+    bao.write_policy(
+        "hv-list",
+        f'path "{KV2}/metadata/*" {{ capabilities = ["list"] }}\npath "{KV1}/*" {{ capabilities = ["list"] }}\n',
+    )
+    return bao
+
+
+@pytest.mark.parametrize("mount,version", [(KV2, 2), (KV1, 1)])
+def test_listing_walks_folders_under_the_prefix_only(listing_bao: OpenBao, mount: str, version: int) -> None:
+    credentials = Credentials(**{"vault-token": listing_bao.create_token(["hv-list"])})
+    vault = provider(connection(listing_bao.url, TOKEN_AUTH, mount=mount, kv_version=version), credentials)
+    listing = vault.list_secrets("pick/", accept=lambda name: True, limit=100)
+    assert sorted(listing.names) == ["pick/a", "pick/b", "pick/deep/c", "pick/deep/deeper/d"]
+    assert listing.truncated is False
+    assert vault.list_secrets("pick/de", accept=lambda name: True, limit=100).names == ["pick/deep/c", "pick/deep/deeper/d"]
+    assert vault.list_secrets("pick/", accept=lambda name: "deep" not in name, limit=100).names == ["pick/a", "pick/b"]
+    cut = vault.list_secrets("pick/", accept=lambda name: True, limit=2)
+    assert cut.names == ["pick/a", "pick/b"] and cut.truncated is True
+
+
+def test_listing_from_an_unreachable_vault_is_provider_unavailable() -> None:
+    credentials = Credentials(**{"vault-token": "s.whatever"})
+    vault = provider(connection(f"http://127.0.0.1:{closed_port()}", TOKEN_AUTH, timeout_seconds=0.5), credentials)
+    with pytest.raises(ProviderUnavailable):
+        vault.list_secrets("", accept=lambda name: True, limit=10)

@@ -86,6 +86,24 @@ export async function renderSecretManagers(main) {
       form, done));
 }
 
+/** The versions of one secret (GET /v1/secrets/{name}), read when first opened. */
+function history(name) {
+  const list = el('ol', { reversed: true, class: 'versions' });
+  const details = el('details', { class: 'history' }, el('summary', { 'aria-label': `Versions of ${name}` }, 'Versions'), list);
+  details.addEventListener('toggle', async () => {
+    if (!details.open || list.children.length) return;
+    const answer = await api.get(`/v1/secrets/${api.secretPath(name)}`);
+    if (!answer.ok) {
+      append(list, el('li', {}, `Not available: ${answer.detail} (${answer.code})`));
+      return;
+    }
+    for (const version of answer.body.versions) {
+      append(list, el('li', { value: version.version }, `${when(version.created_at)} by ${version.created_by}`));
+    }
+  });
+  return details;
+}
+
 export async function renderSecrets(main) {
   const body = el('tbody');
   const status = el('div', { id: 'secret-status', role: 'status' });
@@ -106,7 +124,7 @@ export async function renderSecrets(main) {
       ? answer.body.items.map((item) => {
         const pick = el('button', { type: 'button', class: 'link-button', 'aria-label': `New version of ${item.name}` }, item.name);
         pick.addEventListener('click', () => { name.value = item.name; value.focus(); });
-        return el('tr', {}, el('th', { scope: 'row' }, pick), el('td', {}, String(item.current_version)),
+        return el('tr', {}, el('th', { scope: 'row' }, pick), el('td', {}, String(item.current_version), history(item.name)),
           el('td', {}, when(item.updated_at)), el('td', {}, item.updated_by));
       })
       : el('tr', {}, el('td', { colspan: 4 }, 'The internal store holds no secret yet.')));

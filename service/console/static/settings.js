@@ -423,6 +423,7 @@ class SettingsPage {
         el('span', { class: 'icon', 'aria-hidden': 'true' }, '\u26A0'), ' Credentials over plaintext'));
     }
     replace(this.summary, ...parts);
+    if (this.sendTo) this.sendTo.placeholder = merged.from_email || '';
   }
 
   changed() {
