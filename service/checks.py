@@ -228,7 +228,6 @@ class CheckService:
 
         return get
 
-
     def _token_getter(self, effective: Effective) -> smtp_check.TokenGetter:
         auth = effective.document["auth"]
         scope = auth_scope(effective)
