@@ -33,7 +33,7 @@ from providers.registry import ProviderRegistry
 from service import audit
 from service.connections import INTERNAL, ConnectionService
 from service.crypto import DecryptionError, KeyRing
-from service.db import Database, PasswordAccess, ServiceState, iso_utc, utcnow
+from service.db import Database, PasswordAccess, iso_utc, utcnow
 from service.errors import ApiError, ValidationFailed
 from service.internal_store import InternalStore
 from service.observability import SECRET_FETCHES
