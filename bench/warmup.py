@@ -13,8 +13,8 @@ generates the load.
    >= 0.8x the steady state.
 2. With ``cache_ttl_seconds`` 5 and then 300, a load run of
    TTL_SECONDS_OF_LOAD (default 60) seconds each: the p99 of both, and how
-   many reads OpenBao's audit log recorded during the TTL-5 run, per worker
-   and TTL (refresh ahead: about one).
+   many reads OpenBao's audit log recorded during the TTL-5 run, per TTL
+   (refresh ahead: about 1.1 per worker that served requests).
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def main() -> int:
         show("after an invalidation", after_invalidation, steady)
 
         p99: dict[int, float] = {}
-        reads_per_worker_ttl = 0.0
+        reads_per_ttl = 0.0
         for ttl in (5, 300):
             requests.put(
                 f"{service.url}/v1/secret-providers/warmup-vault", json={**connection, "cache_ttl_seconds": ttl},
@@ -117,10 +117,11 @@ def main() -> int:
             print(f"cache_ttl_seconds {ttl:>3}: {load.rps:.0f} req/s over {load_seconds} s, p50 {load.p50_ms:.2f} ms, "
                   f"p99 {load.p99_ms:.2f} ms, {load.failures} failed; OpenBao reads {reads}")
             if ttl == 5:
-                reads_per_worker_ttl = reads / (WORKERS * load_seconds / ttl)
+                reads_per_ttl = reads / (load_seconds / ttl)
         ratio = p99[5] / p99[300]
         print(f"p99 with TTL 5 / p99 with TTL 300: {ratio:.2f} (goal <= 1.5: {'yes' if ratio <= 1.5 else 'NO'}); "
-              f"OpenBao reads per worker per TTL with TTL 5: {reads_per_worker_ttl:.2f} (about 1 expected)")
+              f"OpenBao reads per TTL with TTL 5: {reads_per_ttl:.2f} (about 1.1 per worker that served requests, "
+              f"{WORKERS} workers at most; wrk's keep-alive connections may all land on one)")
         return 0
     finally:
         if service is not None:

@@ -82,6 +82,18 @@ class Services:
         self.propagator.close()
         self.db.close()
 
+    def warm(self) -> None:
+        """Read what the first requests would otherwise read at once: the settings table, the
+        connections and the system password (which loads its manager's client library)."""
+        try:
+            self.secrets.sync()
+            effective = self.settings.effective(None)
+            reference = effective.document.get("password")
+            if reference is not None and reference.get("source") != "plaintext":
+                self.secrets.resolve(reference, "system")
+        except Exception as exc:  # a cold start is only slower; requests will say what is wrong
+            log.info("warm-up incomplete", extra={"error": type(exc).__name__})
+
     def readiness(self) -> dict[str, Any]:
         """Database and secret managers. With the database down, an instance that
         holds settings in memory still serves senders: ``degraded``, not ``down``."""

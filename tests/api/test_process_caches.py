@@ -97,3 +97,20 @@ def test_concurrent_reads_after_a_change_read_the_settings_table_and_each_token_
     finally:
         settings.close()
         token_lookups.close()
+
+
+def test_a_starting_worker_warms_up_settings_connections_and_the_system_password(make_app, client, tokens, system_settings):
+    client.put("/v1/secrets/smtp/relay", json={"value": "warm"}, headers=tokens.headers("security"))
+    internal = {**system_settings, "password": {"source": "internal", "secret": "smtp/relay"}}
+    assert client.put("/v1/smtp", json=internal, headers=tokens.headers("admin")).status_code == 200
+    worker = make_app()
+    services = worker.extensions["smtpconf"]
+    assert services.secrets.cache.keys() == []
+    services.warm()
+    assert [key.secret for key in services.secrets.cache.keys()] == ["smtp/relay"]
+    statements = Queries(worker, "smtp_settings")
+    try:
+        body = worker.test_client().get("/v1/smtp/effective?include_password=true", headers=tokens.headers("secret-reader")).json
+        assert body["password"] == "warm" and statements.count == 0
+    finally:
+        statements.close()
