@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -157,6 +159,8 @@ class ServiceState(Base):
 
 #: How long a connection attempt (PostgreSQL) or a wait for SQLite's write lock may take.
 DEFAULT_TIMEOUT_SECONDS = 5.0
+#: After a failed attempt, how long the database is not asked again (PostgreSQL).
+FAIL_FAST_SECONDS = 1.0
 #: How long the readiness probe waits for SQLite's write lock.
 PROBE_LOCK_WAIT_MS = 200
 #: SQLSTATEs that mean "not now" rather than "wrong": read-only transaction (a standby),
@@ -179,6 +183,58 @@ def is_unavailable(exc: BaseException) -> bool:
         sqlstate = getattr(exc.orig, "sqlstate", None) or ""
         return sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
     return False
+
+
+class StatementWatchdog:
+    """Cuts the connection of a statement that a hung server leaves unanswered past its deadline.
+
+    A PostgreSQL server that stops answering without closing its sockets (a
+    frozen host, SIGSTOP) would hold a query, and the request waiting for it,
+    for ever: libpq has no client-side timeout once connected. Shutting the
+    socket down makes the driver fail the statement as a lost connection,
+    which the service answers as ``database_unavailable``.
+    """
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self._inflight: dict[int, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+        self._owner: int | None = None  # the process whose thread watches (workers are forked)
+
+    def watch(self, key: int, fd: int) -> None:
+        with self._lock:
+            self._inflight[key] = (time.monotonic() + self.limit, fd)
+            if self._owner != os.getpid():
+                self._owner = os.getpid()
+                threading.Thread(target=self._run, name="smtpconf-db-watchdog", daemon=True).start()
+
+    def done(self, key: int) -> None:
+        self._inflight.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(min(0.25, self.limit / 4))
+            now = time.monotonic()
+            # Under the lock: a statement still registered has not returned, so its
+            # socket is still its connection's and cannot have been reused.
+            with self._lock:
+                for key, (deadline, fd) in list(self._inflight.items()):
+                    if deadline <= now:
+                        del self._inflight[key]
+                        _shut_down(fd)
+
+
+def _shut_down(fd: int) -> None:
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
 
 
 class Database:
@@ -205,9 +261,19 @@ class Database:
             # libpq's default is to wait for ever; a server that does not answer
             # must become a quick 503 (and a fast /readyz), not a hung request.
             kwargs["connect_args"] = {"connect_timeout": max(1, round(timeout))}
+            # The ping on checkout is done below, under the watchdog.
+            kwargs["pool_pre_ping"] = False
         self._unreachable_since: float | None = None
         self._watch: tuple[threading.Event, threading.Thread] | None = None
+        self._failed_at = 0.0
         self.engine = sa.create_engine(url, **kwargs)
+        self.watchdog: StatementWatchdog | None = None
+        if self.engine.dialect.name == "postgresql":
+            self.watchdog = StatementWatchdog(timeout)
+            event.listen(self.engine, "checkout", self._ping_on_checkout)
+            event.listen(self.engine, "before_cursor_execute", self._before_statement)
+            event.listen(self.engine, "after_cursor_execute", self._after_statement)
+            event.listen(self.engine, "handle_error", self._statement_failed)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
             # pysqlite's own transaction handling defers BEGIN; take it over so
@@ -228,26 +294,62 @@ class Database:
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
 
+    def _ping_on_checkout(self, dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        # Pessimistic disconnect handling: a connection the database dropped
+        # (a restart) is replaced before use, and a hung one is cut by the watchdog.
+        key = id(dbapi_connection)
+        try:
+            self.watchdog.watch(key, dbapi_connection.fileno())  # type: ignore[union-attr]
+            self.engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise sa.exc.DisconnectionError(f"ping failed ({type(exc).__name__})") from exc
+        finally:
+            self.watchdog.done(key)  # type: ignore[union-attr]
+
+    def _before_statement(self, conn: sa.Connection, cursor: Any, *_args: Any) -> None:
+        if conn.get_execution_options().get("no_deadline"):
+            return
+        dbapi_connection = conn.connection.dbapi_connection
+        if dbapi_connection is not None:
+            self.watchdog.watch(id(cursor), dbapi_connection.fileno())  # type: ignore[union-attr]
+
+    def _after_statement(self, _conn: sa.Connection, cursor: Any, *_args: Any) -> None:
+        self.watchdog.done(id(cursor))  # type: ignore[union-attr]
+
+    def _statement_failed(self, context: sa.engine.ExceptionContext) -> None:
+        cursor = getattr(context, "cursor", None)  # absent when connecting failed
+        if cursor is not None:
+            self.watchdog.done(id(cursor))  # type: ignore[union-attr]
+
     @property
     def reachable(self) -> bool:
         """Whether the last attempt to use the database succeeded."""
         return self._unreachable_since is None
 
     def unreachable_within(self, seconds: float) -> bool:
-        """Whether the database was found unreachable less than ``seconds`` ago and not since reached."""
-        since = self._unreachable_since
-        return since is not None and time.monotonic() - since < seconds
+        """Whether an attempt to use the database failed less than ``seconds`` ago, and none succeeded since."""
+        return self._unreachable_since is not None and time.monotonic() - self._failed_at < seconds
 
     def _failed(self, exc: BaseException, *, reading: bool) -> None:
         # A SQLite file that is locked for writing or read-only still serves
         # reads; only a failed read makes it unreachable. A PostgreSQL server
         # that refuses a write transaction this way is down for reads too.
-        if is_unavailable(exc) and (reading or not self.is_sqlite) and self._unreachable_since is None:
-            self._unreachable_since = time.monotonic()
+        if is_unavailable(exc) and (reading or not self.is_sqlite):
+            self._failed_at = time.monotonic()
+            if self._unreachable_since is None:
+                self._unreachable_since = self._failed_at
+
+    def _fail_fast(self) -> None:
+        # A server that hangs costs a whole timeout per attempt: right after a
+        # failure, requests are refused at once instead of each waiting again.
+        # (SQLite fails fast by itself, and is asked again at once when unlocked.)
+        if not self.is_sqlite and self.unreachable_within(FAIL_FAST_SECONDS):
+            raise sa.exc.OperationalError(None, None, ConnectionError("the database was unreachable moments ago"))
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A session in one transaction: committed on success, rolled back on error."""
+        self._fail_fast()
         try:
             with self._sessions() as session, session.begin():
                 yield session
@@ -258,6 +360,7 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
+        self._fail_fast()
         try:
             with self._sessions(bind=self._read_engine) as session:
                 yield session
@@ -275,7 +378,8 @@ class Database:
         """Create or migrate the schema to the newest revision."""
         from alembic import command
 
-        with self.engine.begin() as connection:
+        # A migration may legitimately take longer than any request should.
+        with self.engine.execution_options(no_deadline=True).begin() as connection:
             cfg = alembic_config(connection)
             command.upgrade(cfg, "head")
 
@@ -285,6 +389,8 @@ class Database:
         ``pooled=False``: on a connection of its own, closed at once, so that a
         background ping never leaves a SQLite file open between pings.
         """
+        if pooled:
+            self._fail_fast()
         try:
             with (self._read_engine if pooled else self._ping_engine).connect() as connection:
                 connection.execute(sa.text("SELECT 1"))

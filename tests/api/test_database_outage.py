@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -241,12 +243,70 @@ def test_postgresql_stopped_serves_senders_from_memory_refuses_the_rest_and_reco
             assert took < READYZ_BUDGET_SECONDS
         finally:
             own_postgres.resume()
-        # Back without a restart: the pool's pre-ping replaces the dead connections.
-        _served(s.client, EFFECTIVE, s.sender, stale=False)
+        # Back without a restart: the ping on checkout replaces the dead connections.
+        _recovers(s)
         assert s.client.put("/v1/smtp", json={**SYSTEM_SETTINGS, "port": 2525}, headers=s.admin).status_code == 200
         assert _stored_version(url) == version + 1
         assert s.client.get(EFFECTIVE, headers=s.sender).json["port"] == 2525
         assert s.client.get("/readyz").json["database"] == "ok"
+    finally:
+        s.close()
+
+
+def _recovers(s: Setup, within: float = 15.0) -> None:
+    """Effective reads stop being stale once the database answers again (asked again after a short back-off)."""
+    deadline = time.monotonic() + within
+    while True:
+        answer = s.client.get(EFFECTIVE, headers=s.sender)
+        assert answer.status_code == 200
+        if "settings_stale" not in answer.json:
+            return
+        assert time.monotonic() < deadline, "still stale after the database came back"
+        time.sleep(0.1)
+
+
+def _postgres_processes(server: Any) -> list[int]:
+    """The postmaster and its children (backends and helpers), from /proc."""
+    postmaster = int((server.dir / "data" / "postmaster.pid").read_text().split()[0])
+    children: list[int] = []
+    for task in Path(f"/proc/{postmaster}/task").iterdir():
+        children += [int(pid) for pid in (task / "children").read_text().split()]
+    return [postmaster, *children]
+
+
+def _timed(call: Any) -> tuple[Any, float]:
+    started = time.monotonic()
+    answer = call()
+    return answer, time.monotonic() - started
+
+
+@pytest.mark.postgres
+def test_postgresql_hung_costs_a_bounded_wait_then_answers_from_memory(own_postgres):
+    # Frozen, not stopped: its sockets stay open and nothing answers on them.
+    s = Setup(_app(own_postgres.url, database_timeout_seconds=1))
+    # libpq waits at least 2 s to connect; the watchdog cuts a statement after 1 s.
+    budget = 4.0
+    processes = _postgres_processes(own_postgres)
+    try:
+        for pid in processes:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            s.expire_token_memory()
+            read, took = _timed(lambda: s.client.get(EFFECTIVE, headers=s.sender))
+            assert read.status_code == 200 and read.json["settings_stale"] is True and took < budget
+            write, took = _timed(lambda: s.client.put("/v1/smtp", json=SYSTEM_SETTINGS, headers=s.admin))
+            _assert_unavailable(write)
+            assert took < budget
+            ready, took = _timed(lambda: s.client.get("/readyz"))
+            assert ready.json["database"] == "down" and took < budget
+            level, took = _timed(lambda: s.client.get("/v1/smtp", headers=s.admin))
+            _assert_unavailable(level)
+            assert took < budget
+        finally:
+            for pid in processes:
+                os.kill(pid, signal.SIGCONT)
+        _recovers(s)
+        assert s.client.put("/v1/smtp", json=SYSTEM_SETTINGS, headers=s.admin).status_code == 200
     finally:
         s.close()
 
