@@ -32,7 +32,7 @@ import sqlalchemy as sa
 import trustme
 from cryptography.hazmat.primitives import serialization
 
-from bench.harness import Figure, checked, print_table, wrk
+from bench.harness import Figure, checked, print_table, rss_mb, worker_pids, wrk
 from service.db import Database, SmtpSettings
 from tests.fixtures.openbao import OpenBao
 from tests.fixtures.server import RunningService, free_port, service_env
@@ -203,11 +203,18 @@ def measure() -> list[Figure]:
             for _ in range(ROUNDS):
                 for target in targets:
                     target.measure()
+            memory = {
+                name: max(rss_mb(pid) for pid in worker_pids(process.pid))
+                for name, process in (("gunicorn", gunicorn.process), ("granian", granian.process))
+            }
         finally:
             for service in services:
                 service.stop()
             openbao.stop()
-    return figures(targets)
+    return figures(targets) + [
+        Figure(f"{name}: RSS of the biggest worker after the runs (MB)", size, "-", None, f"{WORKERS} workers", "{:.1f}")
+        for name, size in memory.items()
+    ]
 
 
 def figures(targets: list[Target]) -> list[Figure]:
