@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import http_service, smtp_check_vs_smtplib
+from bench import http_service, serving_stacks, smtp_check_vs_smtplib, xoauth2_vs_smtplib
 from bench.harness import print_table, require_wrk
 
 SMTP_ROUNDS = 100
@@ -19,7 +19,9 @@ def main() -> int:
     started = time.monotonic()
     # The check engine first: its SMTP server process is forked before any thread starts.
     figures = smtp_check_vs_smtplib.measure(SMTP_ROUNDS)
+    figures += xoauth2_vs_smtplib.measure(SMTP_ROUNDS)
     figures += http_service.measure()
+    figures += serving_stacks.measure()
     print(f"\n{len(figures)} figures in {time.monotonic() - started:.0f} s on loopback; other work on the machine "
           "only worsens them (load runs take each endpoint's best run, check timings the median)")
     print_table(figures)

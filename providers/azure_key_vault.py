@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import re
 import threading
 import time
+import urllib.parse
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
@@ -53,6 +55,15 @@ def _sdk() -> SimpleNamespace:
         ManagedIdentityCredential=ManagedIdentityCredential,
         WorkloadIdentityCredential=WorkloadIdentityCredential,
     )
+
+
+SECRET_NEW_VERSION = "Microsoft.KeyVault.SecretNewVersionCreated"
+_SECRET_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
+
+
+def vault_name(vault_url: str) -> str:
+    """A vault's name, as events carry it: the first label of its host (any Azure cloud)."""
+    return (urllib.parse.urlsplit(vault_url).hostname or "").split(".")[0].lower()
 
 
 #: What ``check()`` reads. It need not exist: "not found" (or "forbidden") from
@@ -131,7 +142,7 @@ class AzureKeyVaultReferenceSchema(ReferenceSchema):
     provider = fields.String(required=True, validate=validate.Length(min=1, max=128))
     secret = fields.String(
         required=True,
-        validate=validate.Regexp(r"^[0-9A-Za-z-]{1,127}$", error="Key Vault names are 1-127 letters, digits or '-'."),
+        validate=validate.Regexp(_SECRET_NAME, error="Key Vault names are 1-127 letters, digits or '-'."),
     )
     version = fields.String(
         load_default=None, allow_none=True, validate=validate.Regexp(r"^[0-9A-Za-z]{1,64}$", error="Not a version.")
@@ -171,6 +182,26 @@ class AzureKeyVaultProvider(SecretProvider):
     source: ClassVar[str] = "azure_key_vault"
     connection_schema = AzureKeyVaultConnectionSchema
     reference_schema = AzureKeyVaultReferenceSchema
+    #: Key Vault publishes rotation events through Azure Event Grid.
+    publishes_events: ClassVar[bool] = True
+
+    @classmethod
+    def rotated_secret(cls, connection: Mapping[str, Any], event_type: str, data: Mapping[str, Any]) -> str | None:
+        """The secret of a ``Microsoft.KeyVault.SecretNewVersionCreated`` event from this connection's vault.
+
+        Event schema: https://learn.microsoft.com/azure/event-grid/event-schema-key-vault
+        (``data``: ``Id``, ``VaultName``, ``ObjectType``, ``ObjectName``, ``Version``, ``NBF``, ``EXP``).
+        """
+        if event_type != SECRET_NEW_VERSION:
+            return None
+        # Event Grid spells the data fields in PascalCase; the SDK models in camelCase.
+        fields_ = {str(k).lower(): v for k, v in data.items()}
+        vault, name = fields_.get("vaultname"), fields_.get("objectname")
+        if not isinstance(vault, str) or not isinstance(name, str) or not _SECRET_NAME.match(name):
+            return None
+        if str(fields_.get("objecttype", "Secret")).lower() != "secret":
+            return None
+        return name if vault.lower() == vault_name(connection["vault_url"]) else None
 
     def __init__(self, connection: Mapping[str, Any], context: ProviderContext) -> None:
         super().__init__(connection, context)

@@ -203,6 +203,15 @@ class SecretProvider(abc.ABC):
         """The name matched against ``allowed_secrets`` and used as the cache key."""
         return str(reference.get("secret") or reference.get("path") or "")
 
+    #: Whether the manager can push rotation events to the service (``POST .../events``).
+    publishes_events: ClassVar[bool] = False
+
+    @classmethod
+    def rotated_secret(cls, connection: Mapping[str, Any], event_type: str, data: Mapping[str, Any]) -> str | None:
+        """The secret (as ``secret_name`` names it) that a pushed event says has a new
+        version in this connection's manager; ``None`` when the event is not about it."""
+        return None
+
     def close(self) -> None:
         """Release clients and connections."""
 

@@ -1,7 +1,8 @@
-"""The in-process cache that resolves secrets: TTL, single flight, stale serving, invalidation."""
+"""The in-process cache that resolves secrets: TTL, single flight, refresh ahead, stale serving, refetch marks."""
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import dataclasses
 import datetime as dt
@@ -16,6 +17,14 @@ log = logging.getLogger(__name__)
 
 #: Seconds after a failed fetch during which the manager is not asked again.
 DEFAULT_FAILURE_BACKOFF = 1.0
+#: How long a request waits for a fetch when a last good value could be served instead.
+DEFAULT_STALE_WAIT = 0.03
+#: A value is refreshed in the background once this share of its TTL is left...
+REFRESH_AHEAD_FRACTION = 0.1
+#: ...but never earlier than this many seconds before the TTL ends.
+MAX_REFRESH_AHEAD = 30.0
+#: How many in-flight fetches a caller outwaits because they started before a refetch mark.
+_MAX_ROUNDS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +43,7 @@ class Resolution:
     secret: SecretValue
     #: ``time.time()`` when the fetch that produced the value started.
     fetched_at: float
-    #: Served past its TTL because the manager could not be reached.
+    #: Served past its TTL (or after a refetch mark) because the manager could not be reached in time.
     stale: bool
     #: Not fetched by this call (a cache hit, or another caller's fetch).
     from_cache: bool
@@ -44,6 +53,8 @@ class Resolution:
 class _Flight:
     """One fetch in progress; callers that arrive meanwhile wait on ``done``."""
 
+    #: The entry's refetch mark when the fetch started: a later mark is not satisfied by it.
+    mark: int
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     resolution: Resolution | None = None
     error: BaseException | None = None
@@ -60,6 +71,9 @@ class _Entry:
     flight: _Flight | None = None
     retry_after: float = float("-inf")
     last_error: ProviderUnavailable | None = None
+    #: Bumped by each ``invalidate``; ``refetch`` holds until a fetch started after the last mark succeeds.
+    mark: int = 0
+    refetch: bool = False
     #: The fresh-hit answer for ``secret``, built once: hits are most calls.
     hit: Resolution | None = None
 
@@ -67,32 +81,36 @@ class _Entry:
 class SecretCache:
     """Thread-safe cache in front of the secret managers.
 
-    * A value younger than ``ttl`` (and not past its ``expires_at``) is served
-      without asking the manager; ``ttl=0`` always fetches but still keeps the
-      value for stale serving.
-    * Single flight: one fetch per key at a time; callers that arrive meanwhile
-      wait for it and share its outcome, value or exception. The lock is never
-      held during a fetch, so different keys fetch in parallel. Waiting is
-      bounded by the fetch, whose client has its own timeout.
+    * A value younger than ``ttl`` (and not past its ``expires_at``, and not
+      marked for refetch) is served without asking the manager; ``ttl=0``
+      always fetches but still keeps the value for stale serving.
+    * Refresh ahead: a value served in the last tenth of its TTL (at most
+      ``MAX_REFRESH_AHEAD`` seconds before the end) starts one background fetch,
+      while callers keep getting the current value; so under steady use no
+      request waits for a manager and a rotation still arrives within one TTL.
+    * Single flight: one fetch per key at a time, run in its own thread;
+      callers that arrive meanwhile wait for it and share its outcome, value or
+      exception. The lock is never held during a fetch, so different keys fetch
+      in parallel. A caller that could be given a last good value waits at most
+      ``stale_wait`` seconds and then gets that value marked stale; others wait
+      for the fetch, whose client has its own timeout.
     * Only ``ProviderUnavailable`` (the manager is down or silent) is covered by
       the last good value, while it is younger than ``max_stale`` and not past
       its ``expires_at``; the answer then says ``stale=True``. Every other error
       is raised, ``ProviderAuthError`` included: the service's own credentials
-      are broken and someone must see it. ``SecretNotFound`` and ``SecretNotAllowed`` are the manager's
-      own answer that the value is gone or forbidden, so they also forget the
-      last good value: a later outage must not bring it back.
+      are broken and someone must see it. ``SecretNotFound`` and
+      ``SecretNotAllowed`` are the manager's own answer that the value is gone
+      or forbidden, so they also forget the last good value: a later outage
+      must not bring it back. ``purge`` does the same on the service's behalf.
     * After a ``ProviderUnavailable`` the manager is not asked again for that key
-      for ``failure_backoff`` seconds (one second by default, independent of the
-      TTL so that ``ttl=0`` connections do not hammer a struggling manager):
-      callers get the stale value, or the same error when there is none. The
-      first fetch after the backoff that succeeds ends the staleness.
+      for ``failure_backoff`` seconds: callers get the stale value, or the same
+      error when there is none.
     * ``refresh=True`` (a server rejected the cached password) skips the fresh
-      value but still joins an in-flight fetch and honours the failure backoff.
-    * ``invalidate`` forgets values entirely, stale copies included: whoever
-      invalidates (a security team after a leak or a rotation) wants the old
-      value gone, even if that means failing while the manager is down. A fetch
-      already running when its key is invalidated still answers its own callers
-      but is not cached.
+      value and waits for a fetch, but honours the failure backoff.
+    * ``invalidate`` marks values for refetch: the next resolution waits for
+      the manager, and if the manager cannot be reached the last good value is
+      still served stale within ``max_stale``. A fetch that started before the
+      mark does not satisfy it.
     """
 
     def __init__(
@@ -101,14 +119,18 @@ class SecretCache:
         wall: Callable[[], float] = time.time,
         *,
         failure_backoff: float = DEFAULT_FAILURE_BACKOFF,
+        stale_wait: float = DEFAULT_STALE_WAIT,
     ) -> None:
         self._clock = clock
         self._wall = wall
         self._failure_backoff = failure_backoff
+        self._stale_wait = stale_wait
         self._lock = threading.Lock()
         self._entries: dict[CacheKey, _Entry] = {}
         self._generation = 0
-        self._stats = {"hits": 0, "misses": 0, "fetches": 0, "stale_served": 0, "failures": 0}
+        self._stats = {"hits": 0, "misses": 0, "fetches": 0, "stale_served": 0, "failures": 0, "refreshes_ahead": 0}
+        #: Called with (provider, ok, error code) after every fetch: how the service learns a manager's health.
+        self.on_outcome: Callable[[str, bool, str | None], None] | None = None
 
     def __repr__(self) -> str:
         with self._lock:
@@ -130,64 +152,96 @@ class SecretCache:
         refresh: bool = False,
     ) -> Resolution:
         """The secret for ``key``: cached while fresh, else fetched once for all concurrent callers."""
-        with self._lock:
-            now = self._clock()
-            wall_now = self._wall()
-            entry = self._entries.get(key)
-            if entry is None:
-                entry = self._entries[key] = _Entry()
-            if not refresh and self._is_fresh(entry, now, ttl, wall_now):
-                self._stats["hits"] += 1
-                return self._cached(entry, stale=False)
-            self._stats["misses"] += 1
-            flight = entry.flight
-            if flight is None:
-                if now < entry.retry_after and entry.last_error is not None:
-                    stale = self._stale(entry, now, wall_now, max_stale)
-                    if stale is None:
-                        # A copy, so callers in other threads do not share one traceback.
-                        raise copy.copy(entry.last_error)
-                    return stale
-                flight = entry.flight = _Flight()
-                self._stats["fetches"] += 1
-                leader = True
-            else:
-                leader = False
-
-        if leader:
-            return self._lead(key, entry, flight, fetch, ttl, max_stale)
-        flight.done.wait()
-        if flight.error is not None:
-            raise flight.error
-        assert flight.resolution is not None
-        if flight.resolution.stale:
+        for _round in range(_MAX_ROUNDS):
             with self._lock:
-                self._stats["stale_served"] += 1
-        return dataclasses.replace(flight.resolution, from_cache=True)
+                now = self._clock()
+                wall_now = self._wall()
+                entry = self._entries.get(key)
+                if entry is None:
+                    entry = self._entries[key] = _Entry()
+                if not refresh and not entry.refetch and self._is_fresh(entry, now, ttl, wall_now):
+                    self._stats["hits"] += 1
+                    if entry.flight is None and now >= entry.retry_after and self._refresh_due(entry, now, ttl):
+                        self._stats["refreshes_ahead"] += 1
+                        self._start(key, entry, fetch, ttl, max_stale)
+                    return self._cached(entry, stale=False)
+                if _round == 0:
+                    self._stats["misses"] += 1
+                flight = entry.flight
+                leader = False
+                if flight is None:
+                    if now < entry.retry_after and entry.last_error is not None:
+                        stale = self._stale(entry, now, wall_now, max_stale)
+                        if stale is None:
+                            # A copy, so callers in other threads do not share one traceback.
+                            raise copy.copy(entry.last_error)
+                        self._stats["stale_served"] += 1
+                        return stale
+                    flight = self._start(key, entry, fetch, ttl, max_stale)
+                    leader = True
+                outdated = flight.mark != entry.mark
+                # Past the TTL with a last good value at hand, nobody waits long for the manager;
+                # after a refetch mark, or when asked to refresh, the answer must come from it.
+                may_serve_stale = not refresh and not entry.refetch and self._stale(entry, now, wall_now, max_stale)
+            if may_serve_stale and not flight.done.wait(self._stale_wait):
+                with self._lock:
+                    stale = self._stale(entry, self._clock(), self._wall(), max_stale)
+                    if stale is not None:
+                        self._stats["stale_served"] += 1
+                        return stale
+            flight.done.wait()
+            if outdated:
+                continue  # that fetch began before the value was marked for refetch: ask again
+            if flight.error is not None:
+                raise copy.copy(flight.error) if not leader else flight.error
+            assert flight.resolution is not None
+            if flight.resolution.stale:
+                with self._lock:
+                    self._stats["stale_served"] += 1
+            return flight.resolution if leader else dataclasses.replace(flight.resolution, from_cache=True)
+        raise ProviderUnavailable(f"{key.provider}: the secret was marked for refetch faster than it could be read")
 
-    def invalidate(self, provider: str | None = None, secret: str | None = None) -> int:
-        """Forget cached values (all, one provider's, or one secret's in every version); return how many."""
+    def invalidate(
+        self,
+        provider: str | None = None,
+        secret: str | None = None,
+        *,
+        match: Callable[[CacheKey], bool] | None = None,
+    ) -> int:
+        """Mark values for refetch (all, one provider's, one secret's in every version, or those
+        ``match`` picks); the last good value stays for stale serving. Returns how many were marked."""
         with self._lock:
             self._generation += 1
-            doomed = [
-                key
-                for key in self._entries
-                if (provider is None or key.provider == provider) and (secret is None or key.secret == secret)
-            ]
+            marked = 0
+            for key, entry in self._entries.items():
+                if _selected(key, provider, secret, match):
+                    entry.mark += 1
+                    entry.refetch = True
+                    entry.retry_after = float("-inf")
+                    marked += entry.secret is not None
+        log.info("secret cache marked for refetch: provider=%s secret=%s values=%d", provider, secret, marked)
+        return marked
+
+    def purge(self, provider: str | None = None, secret: str | None = None) -> int:
+        """Forget values outright, stale copies included (the connection no longer allows them)."""
+        with self._lock:
+            doomed = [key for key in self._entries if _selected(key, provider, secret, None)]
             dropped = 0
             for key in doomed:
-                if self._entries.pop(key).secret is not None:
-                    dropped += 1
-        log.info("secret cache invalidated: provider=%s secret=%s values=%d", provider, secret, dropped)
+                entry = self._entries.pop(key)
+                entry.mark += 1  # a fetch in flight must not store what it reads
+                dropped += entry.secret is not None
+        if dropped:
+            log.info("secret cache purged: provider=%s secret=%s values=%d", provider, secret, dropped)
         return dropped
 
     def peek(self, key: CacheKey) -> Resolution | None:
-        """The cached value for ``key`` without fetching (``stale`` when past the TTL it was cached with)."""
+        """The cached value for ``key`` without fetching (``stale`` when past its TTL or marked for refetch)."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None or entry.secret is None:
                 return None
-            fresh = self._is_fresh(entry, self._clock(), entry.ttl, self._wall())
+            fresh = not entry.refetch and self._is_fresh(entry, self._clock(), entry.ttl, self._wall())
             return self._cached(entry, stale=not fresh)
 
     def has_values(self, provider: str) -> bool:
@@ -195,13 +249,35 @@ class SecretCache:
         with self._lock:
             return any(key.provider == provider and entry.secret is not None for key, entry in self._entries.items())
 
+    def keys(self) -> list[CacheKey]:
+        """The keys that hold a value."""
+        with self._lock:
+            return [key for key, entry in self._entries.items() if entry.secret is not None]
+
     def stats(self) -> dict[str, int]:
         """Counters: ``hits`` (fresh values served), ``misses`` (calls that found none),
-        ``fetches`` (calls to a manager), ``failures`` (fetches that raised), ``stale_served``."""
+        ``fetches`` (calls to a manager), ``failures`` (fetches that raised), ``stale_served``,
+        ``refreshes_ahead`` (background fetches started before the TTL ended)."""
         with self._lock:
             return dict(self._stats)
 
-    def _lead(
+    def _start(
+        self, key: CacheKey, entry: _Entry, fetch: Callable[[], SecretValue], ttl: float, max_stale: float
+    ) -> _Flight:
+        """Under the lock: begin a fetch in its own thread, so no caller has to wait for it."""
+        flight = entry.flight = _Flight(mark=entry.mark)
+        self._stats["fetches"] += 1
+        context = contextvars.copy_context()  # keeps the request id on the fetch's log lines
+        thread = threading.Thread(
+            target=context.run,
+            args=(self._run, key, entry, flight, fetch, ttl, max_stale),
+            name=f"secret-fetch:{key.provider}",
+            daemon=True,
+        )
+        thread.start()
+        return flight
+
+    def _run(
         self,
         key: CacheKey,
         entry: _Entry,
@@ -209,7 +285,7 @@ class SecretCache:
         fetch: Callable[[], SecretValue],
         ttl: float,
         max_stale: float,
-    ) -> Resolution:
+    ) -> None:
         """Run the fetch for everyone waiting on ``flight``; waiters are released whatever happens."""
         started_mono = self._clock()
         started_wall = self._wall()
@@ -217,9 +293,11 @@ class SecretCache:
             try:
                 secret = fetch()
             except BaseException as exc:
+                self._report(key.provider, False, getattr(exc, "code", type(exc).__name__))
                 stale = self._after_failure(key, entry, exc, max_stale)
                 if stale is None:
-                    raise
+                    flight.error = exc
+                    return
                 log.warning(
                     "secret %r of %r served stale (fetched %.0fs ago): %s",
                     key.secret,
@@ -228,24 +306,33 @@ class SecretCache:
                     ProviderUnavailable.code,
                 )
                 flight.resolution = stale
-                return stale
+                return
+            self._report(key.provider, True, None)
             with self._lock:
-                entry.secret = secret
-                entry.hit = None
-                entry.fetched_mono = started_mono
-                entry.fetched_wall = started_wall
-                entry.ttl = ttl
-                entry.retry_after = float("-inf")
-                entry.last_error = None
+                if self._entries.get(key) is entry and entry.mark == flight.mark:
+                    entry.refetch = False
+                if self._entries.get(key) is entry:
+                    entry.secret = secret
+                    entry.hit = None
+                    entry.fetched_mono = started_mono
+                    entry.fetched_wall = started_wall
+                    entry.ttl = ttl
+                    entry.retry_after = float("-inf")
+                    entry.last_error = None
             flight.resolution = Resolution(secret, fetched_at=started_wall, stale=False, from_cache=False)
-            return flight.resolution
-        except BaseException as exc:
-            flight.error = exc
-            raise
         finally:
             with self._lock:
-                entry.flight = None
+                if entry.flight is flight:
+                    entry.flight = None
             flight.done.set()
+
+    def _report(self, provider: str, ok: bool, code: str | None) -> None:
+        listener = self.on_outcome
+        if listener is not None:
+            try:
+                listener(provider, ok, code)
+            except Exception:  # a broken listener must not fail the fetch
+                log.exception("secret cache outcome listener failed")
 
     def _after_failure(
         self, key: CacheKey, entry: _Entry, exc: BaseException, max_stale: float
@@ -268,7 +355,6 @@ class SecretCache:
         secret = entry.secret
         if secret is None or now - entry.fetched_mono >= max_stale or _expired(secret, wall_now):
             return None
-        self._stats["stale_served"] += 1
         return Resolution(secret, fetched_at=entry.fetched_wall, stale=True, from_cache=True)
 
     def _forget_if_empty(self, key: CacheKey, entry: _Entry) -> None:
@@ -283,6 +369,10 @@ class SecretCache:
             and not _expired(entry.secret, wall_now)
         )
 
+    def _refresh_due(self, entry: _Entry, now: float, ttl: float) -> bool:
+        ahead = min(ttl * REFRESH_AHEAD_FRACTION, MAX_REFRESH_AHEAD)
+        return now - entry.fetched_mono >= ttl - ahead
+
     def _cached(self, entry: _Entry, *, stale: bool) -> Resolution:
         assert entry.secret is not None
         if stale:
@@ -290,6 +380,12 @@ class SecretCache:
         if entry.hit is None:
             entry.hit = Resolution(entry.secret, fetched_at=entry.fetched_wall, stale=False, from_cache=True)
         return entry.hit
+
+
+def _selected(key: CacheKey, provider: str | None, secret: str | None, match: Callable[[CacheKey], bool] | None) -> bool:
+    if match is not None:
+        return match(key)
+    return (provider is None or key.provider == provider) and (secret is None or key.secret == secret)
 
 
 def _expired(secret: SecretValue, wall_now: float) -> bool:

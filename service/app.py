@@ -16,10 +16,12 @@ from werkzeug.utils import cached_property
 
 from providers.registry import ProviderRegistry
 from service.api import register_error_handlers
+from service.body_drain import DrainUnreadBody
 from service.checks import CheckService
 from service.config import Config, ConfigError
 from service.crypto import KeyRing
 from service.db import Database
+from service.propagation import Board, Propagator, board_path, private_board_path
 from service.observability import (
     HTTP_LATENCY,
     HTTP_REQUESTS,
@@ -27,10 +29,13 @@ from service.observability import (
     configure_logging,
     set_request_id,
 )
+from service.rotation_events import RotationEvents
+from service.oauth import TokenService
 from service.secrets import SecretsService
 from service.settings import SettingsService
 from service.smtp_check import DestinationPolicy
 from service.tokens import Authenticator
+from service.transport import ClientOrigin, parse_networks
 
 MAX_BODY_BYTES = 64 * 1024
 log = logging.getLogger("smtpconf.http")
@@ -69,27 +74,57 @@ class Services:
     secrets: SecretsService
     checks: CheckService
     authenticate: Authenticator
+    events: RotationEvents
+    propagator: Propagator
 
     def close(self) -> None:
         self.secrets.close()
-        self.db.dispose()
+        self.propagator.close()
+        self.db.close()
+
+    def warm(self) -> None:
+        """Read what the first requests would otherwise read at once: the settings table, the
+        connections and the system password (which loads its manager's client library)."""
+        try:
+            self.secrets.sync()
+            effective = self.settings.effective(None)
+            reference = effective.document.get("password")
+            if reference is not None and reference.get("source") != "plaintext":
+                self.secrets.resolve(reference, "system")
+        except Exception as exc:  # a cold start is only slower; requests will say what is wrong
+            log.info("warm-up incomplete", extra={"error": type(exc).__name__})
 
     def readiness(self) -> dict[str, Any]:
+        """Database and secret managers. With the database down, an instance that
+        holds settings in memory still serves senders: ``degraded``, not ``down``."""
         try:
             self.db.ping()
         except Exception as exc:
             log.error("database not reachable", extra={"error": type(exc).__name__})
-            return {"status": "down", "database": "down", "providers": {}}
+            serving = self.settings.holds_settings()
+            return {"status": "degraded" if serving else "down", "database": "down", "providers": {}}
+        database = "ok" if self.db.writable() else "read_only"
         providers = self.secrets.readiness()
-        degraded = any(p["status"] != "ok" for p in providers.values())
-        return {"status": "degraded" if degraded else "ok", "database": "ok", "providers": providers}
+        degraded = database != "ok" or any(p["status"] != "ok" for p in providers.values())
+        return {"status": "degraded" if degraded else "ok", "database": database, "providers": providers}
 
 
 def build_services(config: Config) -> Services:
-    db = Database(config.database_url)
+    db = Database(config.database_url, timeout=config.database_timeout_seconds)
     keyring = KeyRing.from_config(config)
     registry = ProviderRegistry.from_entry_points()
-    secrets = SecretsService(db, keyring, registry, sync_interval=config.secret_sync_interval_seconds)
+    path, own_board = board_path(config.generations_file, config.database_url)
+    try:
+        board = Board(path)
+    except OSError as exc:
+        # Next to a database file that cannot be used (read-only directory, a bad
+        # path): the service still starts, answers 503 for what needs the database
+        # and says so in /readyz; other processes on that file are not told of changes.
+        log.warning("generation board not usable; using a private one", extra={"error": type(exc).__name__})
+        path, own_board = private_board_path(), True
+        board = Board(path)
+    propagator = Propagator(db, board, poll_interval=config.secret_sync_interval_seconds, own_board=own_board)
+    secrets = SecretsService(db, keyring, registry, propagator=propagator)
     settings = SettingsService(
         db, keyring, fips_mode=config.fips_mode, check_reference=secrets.check_reference, sync=secrets.sync
     )
@@ -98,8 +133,15 @@ def build_services(config: Config) -> Services:
         policy = DestinationPolicy.from_strings(config.smtp_allowed_ports, config.smtp_denied_networks)
     except ValueError as exc:
         raise ConfigError(f"SMTPCONF_SMTP_ALLOWED_PORTS / SMTPCONF_SMTP_DENIED_NETWORKS: {exc}") from None
+    # Token endpoints are held to the SMTP destination policy's denied networks (any HTTPS port).
+    secrets.tokens = TokenService(policy)
     checks = CheckService(settings, secrets, policy, fips_mode=config.fips_mode, rate_limit=config.rate_limit_per_minute)
-    return Services(config, db, keyring, registry, settings, secrets, checks, Authenticator(db))
+    authenticate = Authenticator(db, outage_grace=config.token_outage_grace_seconds)
+    propagator.start()
+    db.watch()
+    return Services(
+        config, db, keyring, registry, settings, secrets, checks, authenticate, RotationEvents(db, secrets), propagator
+    )
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
@@ -108,6 +150,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     configure_logging(config.log_level)
     app = Flask(__name__, static_folder=None)
     app.request_class = Request
+    app.wsgi_app = ClientOrigin(DrainUnreadBody(app.wsgi_app), parse_networks(config.trusted_proxies))  # type: ignore[method-assign]
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, TESTING=config.testing)
     app.extensions["smtpconf"] = build_services(config)
     register_error_handlers(app)
@@ -146,6 +189,7 @@ def _register_request_hooks(app: Flask) -> None:
                 "status": response.status_code,
                 "duration_ms": round(elapsed * 1000, 2),
                 "principal": getattr(g.get("principal"), "name", None),
+                "client": request.remote_addr,
             },
         )
         return response

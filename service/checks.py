@@ -14,9 +14,18 @@ from marshmallow import ValidationError
 from service import smtp_check
 from service.errors import ApiError, ValidationFailed
 from service.observability import SMTP_CHECKS
-from service.schemas import SYSTEM_DEFAULTS, check_address, credential_errors, load_settings
-from service.secrets import PasswordUnavailable, SecretsService, password_scope
-from service.settings import DESTINATION_FIELDS, SYSTEM_SCOPE, Effective, SettingsService, StoredSettings
+from service.schemas import SYSTEM_DEFAULTS, check_address, credential_errors, is_oauth2, load_settings
+from service.secrets import PasswordUnavailable, SecretsService, TokenUnavailable, password_scope
+from service.settings import (
+    DESTINATION_FIELDS,
+    SYSTEM_SCOPE,
+    Effective,
+    SettingsService,
+    StoredSettings,
+    auth_scope,
+    check_auth_references,
+    kept_auth_secret_changes,
+)
 
 VALIDATE_FIELDS = {"settings"}
 TEST_FIELDS = {"settings", "to", "include_cc_bcc"}
@@ -120,19 +129,47 @@ class CheckService:
             except ValidationFailed as exc:
                 exc.errors = {"settings": exc.errors}
                 raise
+        if loaded.get("auth") is not None:
+            try:
+                loaded["auth"] = check_auth_references(loaded["auth"], self.secrets.check_reference)
+            except ValidationFailed as exc:
+                exc.errors = {"settings": exc.errors}
+                raise
         system = self.settings.get(SYSTEM_SCOPE) if tenant is not None else None
         stored = self.settings.get(scope)
         if password is not None and password.get("source") == "plaintext" and "value" not in password:
             loaded["password"] = self._stored_plaintext(tenant, loaded, stored, system)
+        if is_oauth2(loaded):
+            loaded["auth"] = self._stored_auth_secrets(loaded["auth"], stored)
         candidate = StoredSettings(scope, loaded, 0, _epoch(), "candidate")
         if tenant is None:
             effective = SettingsService.merge(candidate, None, None)
         else:
             effective = SettingsService.merge(system, candidate, tenant)
-        errors = credential_errors(effective.document)
+        errors = credential_errors(effective.document, own=loaded)
         if errors:
             raise ValidationFailed(errors={"settings": errors})
         return effective
+
+    def _stored_auth_secrets(self, auth: dict[str, Any], stored: StoredSettings | None) -> dict[str, Any]:
+        """A stored OAuth2 secret is only used with the token endpoint and client it was stored for."""
+        stored_auth = (stored.document.get("auth") if stored else None) or {}
+        out = dict(auth)
+        for name, reference in auth.items():
+            if not isinstance(reference, dict) or reference.get("source") != "plaintext" or "value" in reference:
+                continue
+            kept = stored_auth.get(name) if isinstance(stored_auth.get(name), dict) else None
+            changed = kept_auth_secret_changes(stored_auth, auth) if kept and kept.get("source") == "plaintext" else None
+            if changed is None or changed:
+                reason = f"{', '.join(changed)} changed" if changed else "no stored value at this level"
+                raise ValidationFailed(
+                    f"The stored {name} is never sent to another token endpoint or client ({reason}): send it again.",
+                    code="password_required",
+                    errors={"settings": {"auth": {name: [f"Send the value again: {reason}."]}}},
+                )
+            assert stored is not None
+            out[name] = {**kept, "_stored_scope": stored.scope}
+        return out
 
     def _stored_plaintext(
         self, tenant: str | None, loaded: dict[str, Any], stored: StoredSettings | None, system: StoredSettings | None
@@ -160,13 +197,17 @@ class CheckService:
     def check(self, effective: Effective, *, send_to: str | None, include_cc_bcc: bool) -> dict[str, Any]:
         reference = effective.document.get("password")
         getter = None
-        if reference is not None:
+        token_getter = None
+        if is_oauth2(effective.document):
+            token_getter = self._token_getter(effective)
+        elif reference is not None:
             scope = reference.get("_stored_scope") or password_scope(effective)
             reference = {k: v for k, v in reference.items() if k != "_stored_scope"}
             getter = self._getter(reference, scope)
         request = smtp_check.CheckRequest(
             settings=effective.document,
             get_password=getter,
+            get_token=token_getter,
             policy=self.policy,
             send_to=send_to,
             include_cc_bcc=include_cc_bcc,
@@ -184,6 +225,26 @@ class CheckService:
             except PasswordUnavailable as exc:
                 raise smtp_check.PasswordUnavailable(exc.detail, source=reference.get("source")) from None
             return smtp_check.ResolvedPassword(resolved.value, resolved.source, resolved.version, resolved.from_cache)
+
+        return get
+
+    def _token_getter(self, effective: Effective) -> smtp_check.TokenGetter:
+        auth = effective.document["auth"]
+        scope = auth_scope(effective)
+        subject = str(effective.document["username"])
+        # A hung token endpoint costs at most the check's own timeout.
+        timeout = float(effective.document.get("timeout_seconds") or 10)
+
+        def get(refresh: bool) -> smtp_check.AccessToken:
+            try:
+                token = self.secrets.access_token(auth, scope, subject, refresh=refresh, timeout=timeout)
+            except PasswordUnavailable as exc:
+                raise smtp_check.TokenUnavailable(
+                    f"The OAuth2 client credential could not be resolved: {exc.detail}", code="password_unavailable"
+                ) from None
+            except TokenUnavailable as exc:
+                raise smtp_check.TokenUnavailable(exc.detail, oauth_error=exc.extra.get("oauth_error")) from None
+            return smtp_check.AccessToken(token.value, token.flow, token.expires_at_datetime, token.from_cache)
 
         return get
 

@@ -54,8 +54,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not _upgrade_in_child(config.database_url):
         print("smtpconf: the database could not be migrated", file=sys.stderr)
         return 1
-    run_gunicorn(args.bind, args.workers)
+    run_gunicorn(args.bind, args.workers, tls=_tls_files(config))
     return 0
+
+
+def _tls_files(config: Config) -> tuple[str, str] | None:
+    if not config.tls_cert_file or not config.tls_key_file:
+        return None
+    import ssl
+
+    from service.transport import CertificateReloader
+
+    try:
+        CertificateReloader(config.tls_cert_file, config.tls_key_file)  # refuse to start with a pair that does not load
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"SMTPCONF_TLS_CERT_FILE / SMTPCONF_TLS_KEY_FILE do not load: {exc}") from None
+    return config.tls_cert_file, config.tls_key_file
 
 
 def _upgrade_in_child(database_url: str) -> bool:
@@ -117,8 +131,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     for name, roles in (("admin", ["admin"]), ("security", ["security"]), ("sender", ["secret-reader", "reader"])):
         token = create_token(db, f"dev-{name}-{stamp}", roles)
         print(f"{name + ' token':<16} ({', '.join(roles)}): {token}")
-    print(f"serving on http://{args.bind}  (Ctrl-C stops)", flush=True)
-    run_gunicorn(args.bind, args.workers)
+    tls = _tls_files(config)
+    print(f"serving on http{'s' if tls else ''}://{args.bind}  (Ctrl-C stops)", flush=True)
+    run_gunicorn(args.bind, args.workers, tls=tls)
     return 0
 
 
@@ -134,12 +149,25 @@ def cmd_rotate_master_key(_args: argparse.Namespace) -> int:
     return 0
 
 
-def run_gunicorn(bind: str, workers: int) -> None:
-    """Serve ``service.wsgi:app`` under gunicorn, metrics aggregated across workers."""
+def run_gunicorn(bind: str, workers: int, tls: tuple[str, str] | None = None) -> None:
+    """Serve ``service.wsgi:app`` under gunicorn, metrics aggregated across workers; HTTPS with ``tls``."""
     from gunicorn.app.base import BaseApplication
 
+    global _reloader
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="smtpconf-metrics-")
+    if tls:
+        from service.transport import CertificateReloader
+
+        _reloader = CertificateReloader(*tls)
+    if not os.environ.get("SMTPCONF_GENERATIONS_FILE") and not Config.load().database_url.startswith("sqlite"):
+        from service.propagation import Board
+
+        # Created before any worker starts, and found by every worker through the
+        # environment however gunicorn starts them (fork, re-exec on upgrade).
+        # A SQLite database keeps its board next to the file instead, shared by
+        # every process on that file.
+        os.environ["SMTPCONF_GENERATIONS_FILE"] = str(Board.create_for_instance())
 
     def child_exit(_server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess
@@ -156,6 +184,10 @@ def run_gunicorn(bind: str, workers: int) -> None:
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("child_exit", child_exit)
             self.cfg.set("accesslog", None)
+            if tls:
+                self.cfg.set("certfile", tls[0])
+                self.cfg.set("keyfile", tls[1])
+                self.cfg.set("ssl_context", _reloading_ssl_context)
             if "control_socket_disable" in self.cfg.settings:
                 # gunicorn 27's control socket sits at one path per user, shared
                 # by every instance the user starts; the service does not use it.
@@ -164,9 +196,43 @@ def run_gunicorn(bind: str, workers: int) -> None:
         def load(self) -> Any:
             from service.wsgi import app
 
+            _honour_connection_close()
             return app
 
     Server().run()
+
+
+#: Loaded in the master before the workers fork, so that a worker started while a
+#: renewal is half-written still has the last pair that loaded.
+_reloader: Any = None
+
+
+def _reloading_ssl_context(_conf: Any, _default_factory: Any) -> Any:
+    """gunicorn asks for a context per connection: the current one, renewed when the files change."""
+    return _reloader.context()
+
+
+def _honour_connection_close() -> None:
+    """Make gunicorn close the connection when the application answers ``Connection: close``.
+
+    gunicorn drops hop-by-hop headers from the application and would announce
+    keep-alive, then close anyway when a large unread body is left (see
+    ``service.body_drain``): the client's next request on that connection fails.
+    """
+    from gunicorn.http import wsgi
+
+    if getattr(wsgi.Response, "honours_connection_close", False):
+        return
+
+    class Response(wsgi.Response):  # type: ignore[misc,valid-type]
+        honours_connection_close = True
+
+        def process_headers(self, headers: list[tuple[str, str]]) -> None:
+            super().process_headers(headers)
+            if any(k.lower() == "connection" and v.strip().lower() == "close" for k, v in headers):
+                self.force_close()
+
+    wsgi.Response = Response
 
 
 def parser() -> argparse.ArgumentParser:

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from service.transport import parse_networks
+
 DEFAULT_DATABASE_PATH = Path("var") / "smtpconf.db"
 
 
@@ -32,6 +34,16 @@ def _as_int(name: str, value: Any) -> int:
         raise ConfigError(f"SMTPCONF_{name} must be an integer") from None
 
 
+def _as_float(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"SMTPCONF_{name} must be a number") from None
+    if not number >= 0:
+        raise ConfigError(f"SMTPCONF_{name} must not be negative")
+    return number
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Typed view of the service configuration."""
@@ -44,7 +56,16 @@ class Config:
     smtp_denied_networks: str | None = None
     log_level: str = "INFO"
     rate_limit_per_minute: int = 30
-    secret_sync_interval_seconds: float = 1.0
+    #: Seconds between the safety polls of the database's change generations (one worker per instance).
+    secret_sync_interval_seconds: float = 10.0
+    #: The instance's shared generation board; ``smtpconf serve`` sets one for its workers.
+    generations_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    allow_plaintext_secrets: bool = False
+    trusted_proxies: str | None = None
+    database_timeout_seconds: float = 5.0
+    token_outage_grace_seconds: float = 300.0
     testing: bool = False
 
     @classmethod
@@ -60,14 +81,21 @@ class Config:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in raw.items() if k in known}
         values.setdefault("database_url", default_database_url())
-        for name in ("fips_mode", "testing"):
+        for name in ("fips_mode", "testing", "allow_plaintext_secrets"):
             if name in values:
                 values[name] = _as_bool(values[name])
         if "rate_limit_per_minute" in values:
             values["rate_limit_per_minute"] = _as_int("RATE_LIMIT_PER_MINUTE", values["rate_limit_per_minute"])
-        if "secret_sync_interval_seconds" in values:
-            values["secret_sync_interval_seconds"] = float(values["secret_sync_interval_seconds"])
+        for name in ("secret_sync_interval_seconds", "database_timeout_seconds", "token_outage_grace_seconds"):
+            if name in values:
+                values[name] = _as_float(name.upper(), values[name])
         values["database_url"] = normalise_database_url(str(values["database_url"]))
+        if bool(values.get("tls_cert_file")) != bool(values.get("tls_key_file")):
+            raise ConfigError("SMTPCONF_TLS_CERT_FILE and SMTPCONF_TLS_KEY_FILE are set together or not at all")
+        try:
+            parse_networks(values.get("trusted_proxies"))
+        except ValueError as exc:
+            raise ConfigError(f"SMTPCONF_TRUSTED_PROXIES: {exc}") from None
         return cls(**values)
 
 

@@ -13,7 +13,8 @@ from providers.registry import ProviderRegistry
 from service import audit
 from service.db import Database, SecretProviderConnection, iso_utc, utcnow
 from service.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
-from service.settings import bump_generation, etag_matches, etag_of, scopes_whose_password
+from service.propagation import announce, connection_edited
+from service.settings import etag_matches, etag_of, scopes_whose_password
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 INTERNAL = "internal"
@@ -80,8 +81,7 @@ class ConnectionService:
                 before=before["document"] if before else None,
                 after=copy.deepcopy(document),
             )
-            bump_generation(session, "settings_generation")
-            bump_generation(session, "cache_generation")
+            announce(session, *connection_edited(name))
             return self._record(row), before is None
 
     def delete(self, name: str, *, actor: str, if_match: str | None) -> None:
@@ -108,8 +108,7 @@ class ConnectionService:
             audit.record(
                 session, actor=actor, action="secret_provider.delete", target=f"secret_provider:{name}", before=record["document"]
             )
-            bump_generation(session, "settings_generation")
-            bump_generation(session, "cache_generation")
+            announce(session, *connection_edited(name))
 
     def load(self, name: str, payload: Any) -> dict[str, Any]:
         """Validate a connection document with its type's schema."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 PROBLEM_TYPE_BASE = "https://smtp-config-service.invalid/problems/"
+#: What a client is told to wait before trying again while the database is unavailable.
+RETRY_AFTER_SECONDS = 5
 
 
 class ApiError(Exception):
@@ -98,3 +100,19 @@ class ServiceUnavailable(ApiError):
     status = 503
     code = "service_unavailable"
     title = "Service unavailable"
+
+
+class TlsRequired(ApiError):
+    status = 403
+    code = "tls_required"
+    title = "A secret is only sent over HTTPS"
+class DatabaseUnavailable(ApiError):
+    """The database cannot be used now: what needs it answers 503 with ``Retry-After``."""
+
+    status = 503
+    code = "database_unavailable"
+    title = "The database is unavailable"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = RETRY_AFTER_SECONDS, **kwargs: Any) -> None:
+        headers = {"Retry-After": str(retry_after), **(kwargs.pop("headers", None) or {})}
+        super().__init__(detail or "The database cannot be reached now; try again shortly.", headers=headers, **kwargs)

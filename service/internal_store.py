@@ -10,13 +10,16 @@ import sqlalchemy as sa
 from providers.base import ProviderAuthError, ProviderUnavailable, SecretNotFound, SecretValue
 from service import audit
 from service.crypto import DecryptionError, KeyRing
-from service.db import Database, InternalSecret, InternalSecretVersion, iso_utc, utcnow
+from service.db import Database, InternalSecret, InternalSecretVersion, is_unavailable, iso_utc, utcnow
 from service.errors import Conflict, NotFound, ValidationFailed
+from service.propagation import announce, refetch
 from service.rotation import internal_secret_context
 from service.settings import scopes_whose_password
 
 NAME = re.compile(r"^(?!.*//)(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._/-]{0,255}(?<!/)$")
 MAX_VALUE_LENGTH = 8192
+#: The connection under which internal secrets are cached.
+INTERNAL_CONNECTION = "internal"
 
 
 def check_name(name: str) -> str:
@@ -102,6 +105,7 @@ class InternalStore:
                 target=f"secret:{name}",
                 after={"name": name, "version": version, "value": "[redacted]"},
             )
+            announce(session, refetch(INTERNAL_CONNECTION, name))
         return self.get(name), created
 
     def delete(self, name: str, *, actor: str) -> None:
@@ -119,6 +123,7 @@ class InternalStore:
             session.execute(sa.delete(InternalSecretVersion).where(InternalSecretVersion.name == name))
             session.delete(row)
             audit.record(session, actor=actor, action="secret.delete", target=f"secret:{name}", before={"name": name})
+            announce(session, refetch(INTERNAL_CONNECTION, name))
 
     def read(self, name: str, version: int | None = None) -> SecretValue:
         """The value of a version (latest by default), for resolution and credentials."""
@@ -130,7 +135,9 @@ class InternalStore:
         try:
             with self.db.read() as session:
                 row = session.scalars(query).first()
-        except sa.exc.OperationalError:
+        except sa.exc.SQLAlchemyError as exc:
+            if not is_unavailable(exc):
+                raise
             raise ProviderUnavailable("the database holding the internal store cannot be reached") from None
         if row is None:
             which = f"version {version} of " if version is not None else ""

@@ -38,6 +38,11 @@ SECRET_FETCHES = Counter(
     "smtpconf_secret_fetches_total", "Reads from secret managers", ["source", "outcome"]
 )
 SMTP_CHECKS = Counter("smtpconf_smtp_checks_total", "SMTP validations and test mails", ["kind", "outcome"])
+TOKEN_REQUESTS = Counter(
+    "smtpconf_oauth_token_requests_total",
+    "OAuth2 token requests to token endpoints (outcome: ok, the endpoint's error code, or failed)",
+    ["flow", "outcome"],
+)
 
 
 def current_request_id() -> str | None:

@@ -33,24 +33,35 @@ from providers.registry import ProviderRegistry
 from service import audit
 from service.connections import INTERNAL, ConnectionService
 from service.crypto import DecryptionError, KeyRing
-from service.db import Database, PasswordAccess, ServiceState, iso_utc, utcnow
+from service.db import Database, PasswordAccess, is_unavailable, iso_utc, utcnow
 from service.errors import ApiError, ValidationFailed
 from service.internal_store import InternalStore
 from service.observability import SECRET_FETCHES
-from service.settings import bump_generation, plaintext_context, read_generations
+from service.oauth import Token, TokenError, TokenService, secret_field
+from service.propagation import Applied, Propagator, announce, refetch
+from service.schemas import is_oauth2
+from service.settings import auth_scope, auth_secret_context, plaintext_context
 
 log = logging.getLogger("smtpconf.secrets")
 EXPIRY_WARNING = dt.timedelta(days=14)
 #: Names one listing answers with, at most (pickers, not exports).
 MAX_LISTED_NAMES = 1000
-READINESS_TTL = 5.0
+#: Seconds between background checks of each manager for ``/readyz``.
+READINESS_INTERVAL = 5.0
 MAX_PLANS = 256
+EFFECTIVE_TOKEN_TIMEOUT = 5.0
 
 
 class PasswordUnavailable(ApiError):
     status = 503
     code = "password_unavailable"
     title = "The SMTP password cannot be resolved"
+
+
+class TokenUnavailable(ApiError):
+    status = 503
+    code = "token_unavailable"
+    title = "No OAuth2 access token can be obtained"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,10 +94,10 @@ class _Plan:
 class SecretsService:
     """Checks password references against provider types and connections, and resolves them.
 
-    Resolution goes through one ``SecretCache`` per process. Instances sharing
-    a database learn of changes made elsewhere (connection edits, cache
-    invalidations, rotations in the internal store) from generation counters
-    in the database, read at most once per ``sync_interval`` seconds.
+    Resolution goes through one ``SecretCache`` per process. What any worker
+    or instance changes (connection edits, invalidations, rotations in the
+    internal store) arrives through ``propagation``; ``sync`` applies it before
+    a request uses the caches, and marks only the values concerned for refetch.
     """
 
     def __init__(
@@ -95,7 +106,7 @@ class SecretsService:
         keyring: KeyRing,
         registry: ProviderRegistry,
         *,
-        sync_interval: float = 1.0,
+        propagator: Propagator,
         cache: SecretCache | None = None,
     ) -> None:
         self.db = db
@@ -104,10 +115,14 @@ class SecretsService:
         self.connections = ConnectionService(db, registry)
         self.store = InternalStore(db, keyring)
         self.cache = cache or SecretCache()
-        self.sync_interval = sync_interval
+        self.cache.on_outcome = self._observed
+        self.propagator = propagator
         self._lock = threading.Lock()
         self._noted: set[tuple[str, str, str, str]] = set()
+        self._noting: set[tuple[str, str, str, str]] = set()
         self._snapshot: dict[str, dict[str, Any]] | None = None
+        self._last_snapshot: dict[str, dict[str, Any]] | None = None
+        self._snapshot_flight = threading.Lock()
         self._connections_epoch = 0
         # How each reference resolves under the current snapshot, emptied with it.
         # Keyed by identity: references come from settings documents kept
@@ -115,51 +130,54 @@ class SecretsService:
         # cannot be reused by another object while the entry lives.
         self._plans: dict[int, tuple[Mapping[str, Any], _Plan]] = {}
         self._providers: dict[str, tuple[int, SecretProvider]] = {}
-        self._generations: dict[str, int] | None = None
-        self._synced_at = 0.0
-        self._readiness: tuple[float, dict[str, Any]] | None = None
+        # What is known of each connection's manager: (monotonic time, reachable, error code).
+        self._health: dict[str, tuple[float, bool, str | None]] = {}
+        self._checked_at = float("-inf")
+        self._checking: set[str] = set()
         self._settings_listeners: list[Callable[[], None]] = []
+        propagator.subscribe(self._apply)
+        #: OAuth2 access tokens for settings with ``auth.method: oauth2`` (set by the app).
+        self.tokens: TokenService | None = None
 
-    # cross-instance coherence
+    # coherence across workers and instances
 
-    def sync(self, force: bool = False) -> None:
-        """Apply changes other instances announced through the database's generations."""
-        now = time.monotonic()
-        if not force and now - self._synced_at < self.sync_interval:
-            return
-        with self.db.read() as session:
-            seen = read_generations(session)
-        with self._lock:
-            self._synced_at = now
-            previous, self._generations = self._generations, seen
-            if previous is None:
-                return
-            if seen.get("cache_generation") != previous.get("cache_generation"):
-                self.cache.invalidate()
-            settings_changed = seen.get("settings_generation") != previous.get("settings_generation")
-            if settings_changed:
+    def sync(self) -> None:
+        """Apply what any worker or instance announced since this process last looked."""
+        self.propagator.poll()
+
+    def _apply(self, applied: Applied) -> None:
+        if applied.connections:
+            with self._lock:
                 self._snapshot, self._plans = None, {}
                 self._connections_epoch += 1
-        if settings_changed:
+        if applied.all_secrets:
+            self.cache.invalidate()
+        elif applied.connection_slots or applied.secret_slots:
+            self.cache.invalidate(match=lambda key: applied.selects(key.provider, key.secret))
+        if applied.settings:
             for listener in self._settings_listeners:
                 listener()
 
     def on_settings_change(self, listener: Callable[[], None]) -> None:
-        """Call ``listener`` when ``sync`` learns that settings changed (through any instance)."""
+        """Call ``listener`` when settings changed (through any worker or instance)."""
         self._settings_listeners.append(listener)
 
-    def _announce(self, key: str, also: Callable[[Session, int], None] | None = None) -> int:
-        """Bump a generation (and run ``also`` in the same transaction); note it as seen,
-        so this instance does not act twice."""
+    def refetch_everywhere(
+        self,
+        provider: str | None,
+        secret: str | None = None,
+        *,
+        also: Callable[[Session, int, int], None] | None = None,
+    ) -> tuple[int, int]:
+        """Mark cached values (all, ``provider``'s, or its ``secret`` in every version) for refetch on
+        every worker and instance; ``also(session, generation, marked)`` runs in the same transaction.
+        Returns (values marked in this process, the new cache generation)."""
+        marked = self.cache.invalidate(provider=provider, secret=secret)
         with self.db.transaction() as session:
-            bump_generation(session, key)
-            value = int(session.scalar(sa.select(ServiceState.value).where(ServiceState.key == key)) or 0)
+            generation = announce(session, refetch(provider, secret))["cache_generation"]
             if also is not None:
-                also(session, value)
-        with self._lock:
-            if self._generations is not None:
-                self._generations[key] = value
-        return value
+                also(session, generation, marked)
+        return marked, generation
 
     def connection(self, name: str) -> dict[str, Any] | None:
         return self._connections().get(name)
@@ -167,20 +185,26 @@ class SecretsService:
     def _connections(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             snapshot, epoch = self._snapshot, self._connections_epoch
-        if snapshot is None:
-            snapshot = self.connections.all()
+        if snapshot is not None:
+            return snapshot
+        with self._snapshot_flight:  # one read of the table for all threads that need it
+            with self._lock:
+                if self._snapshot is not None and self._connections_epoch == epoch:
+                    return self._snapshot
+                epoch = self._connections_epoch
+            try:
+                snapshot = self.connections.all()
+            except Exception as exc:
+                # The database is down: resolve with the connections last read.
+                if not is_unavailable(exc) or self._last_snapshot is None:
+                    raise
+                return self._last_snapshot
+            self._last_snapshot = snapshot
             with self._lock:
                 # A read that an edit overtook must not be kept as current.
                 if self._connections_epoch == epoch:
                     self._snapshot = snapshot
         return snapshot
-
-    def connection_changed(self) -> None:
-        """Called after this instance edited a connection."""
-        with self._lock:
-            self._snapshot, self._plans = None, {}
-            self._connections_epoch += 1
-        self.cache.invalidate()
 
     def _provider(self, name: str, record: dict[str, Any]) -> SecretProvider:
         with self._lock:
@@ -233,7 +257,7 @@ class SecretsService:
         name = connection_name(loaded)
         if not name:
             raise ValidationFailed(errors={"password": {"provider": ["Name the connection to read it from."]}})
-        self.sync(force=True)
+        self.sync()
         record = self.connection(name)
         if record is None or record["document"]["type"] != loaded["source"]:
             raise ValidationFailed(
@@ -287,10 +311,13 @@ class SecretsService:
         record = snapshot.get(name) if name else None
         cls = self.registry.get(source)
         if record is None or cls is None:
+            if name:
+                self.cache.purge(provider=name)  # the connection is gone: so are its values
             raise PasswordUnavailable(f"The {source} connection {name!r} is not configured.", extra={"reason": "provider_not_found"})
         document = record["document"]
         secret = cls.secret_name(reference)
         if not secret_allowed(secret, document.get("allowed_secrets", [])):
+            self.cache.purge(provider=name, secret=secret)  # no longer allowed: never served again, not even stale
             raise PasswordUnavailable(
                 f"The connection {name!r} does not allow the secret {secret!r}.", extra={"reason": SecretNotAllowed.code}
             )
@@ -329,8 +356,53 @@ class SecretsService:
             raise PasswordUnavailable("The stored password cannot be decrypted with the configured master keys.") from None
         return ResolvedPassword(value, "plaintext", reference.get("version"), utcnow())
 
+    def resolve_auth_secret(self, auth: Mapping[str, Any], scope: str, *, refresh: bool = False) -> ResolvedPassword:
+        """The client secret, certificate or key of an OAuth2 ``auth`` object, or 503 ``password_unavailable``."""
+        name = secret_field(auth)
+        reference = auth[name]
+        if reference.get("source") != "plaintext":
+            return self.resolve(reference, scope, refresh=refresh)
+        if "value" in reference:  # candidate settings, not stored yet
+            return ResolvedPassword(reference["value"], "plaintext", None, utcnow())
+        scope = reference.get("_stored_scope") or scope
+        try:
+            value = self.keyring.decrypt(reference["ciphertext"], auth_secret_context(scope, name))
+        except (DecryptionError, KeyError):
+            raise PasswordUnavailable(f"The stored {name} cannot be decrypted with the configured master keys.") from None
+        return ResolvedPassword(value, "plaintext", reference.get("version"), utcnow())
+
+    def access_token(
+        self, auth: Mapping[str, Any], scope: str, subject: str, *, refresh: bool = False, timeout: float | None = None
+    ) -> Token:
+        """An access token for the mailbox ``subject``; 503 ``password_unavailable`` or ``token_unavailable``."""
+        assert self.tokens is not None
+        secret = self.resolve_auth_secret(auth, scope)
+        try:
+            return self.tokens.get(auth, secret.value, subject, refresh=refresh, timeout=timeout)
+        except TokenError as exc:
+            raise TokenUnavailable(
+                f"No access token: {exc.message}".replace(secret.value, "********"),
+                extra={"oauth_error": exc.oauth_error},
+            ) from None
+
+    def token_fields(self, effective: Any) -> dict[str, Any]:
+        """What ``include_password=true`` adds under OAuth2: the access token, never the client secret or key."""
+        document = effective.document
+        # Senders must not wait long: a hung endpoint answers 503 within this bound.
+        token = self.access_token(document["auth"], auth_scope(effective), str(document["username"]), timeout=EFFECTIVE_TOKEN_TIMEOUT)
+        return {
+            "password": None,
+            "password_version": None,
+            "password_resolved_at": None,
+            "access_token": token.value,
+            "access_token_expires_at": iso_utc(token.expires_at_datetime),
+            "sasl_mechanism": "XOAUTH2",
+        }
+
     def password_fields(self, effective: Any, token_name: str) -> dict[str, Any]:
         """The fields ``include_password=true`` adds, and who-read-what bookkeeping."""
+        if is_oauth2(effective.document):
+            return self.token_fields(effective)
         reference = effective.document.get("password")
         if reference is None:
             return {"password": None, "password_version": None, "password_resolved_at": None}
@@ -359,8 +431,12 @@ class SecretsService:
 
     def _note(self, token_name: str, source: str, label: str, version: str | None) -> None:
         key = (token_name, source, label, version or "")
-        if key in self._noted:
-            return
+        if key in self._noted or not self.db.reachable:
+            return  # during an outage the reading is noted when the database is back and it is read again
+        with self._lock:
+            if key in self._noting:
+                return  # another thread is recording it; the read need not wait for that
+            self._noting.add(key)
         try:
             with self.db.transaction() as session:
                 exists = session.scalar(
@@ -375,34 +451,35 @@ class SecretsService:
                     session.add(
                         PasswordAccess(token_name=key[0], source=key[1], secret=key[2], version=key[3], first_at=utcnow())
                     )
+            self._noted.add(key)
         except IntegrityError:
-            pass  # another worker recorded it first
-        self._noted.add(key)
+            self._noted.add(key)  # another worker recorded it first
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            # Bookkeeping must not stop a sender; noted on a later read.
+        finally:
+            with self._lock:
+                self._noting.discard(key)
 
     # the security team's operations
 
     def invalidate(self, provider: str | None, secret: str | None, *, actor: str) -> dict[str, int]:
-        """Drop cached values here and, through the generation, on every instance; audited."""
+        """Mark cached values for refetch on every worker and instance; audited in the same transaction."""
         if provider is not None:
             self.connections.get(provider)  # 404 provider_not_found for a name that does not exist
-        dropped = self.cache.invalidate(provider=provider, secret=secret)
 
-        def record(session: Session, generation: int) -> None:
+        def record(session: Session, generation: int, marked: int) -> None:
             audit.record(
                 session,
                 actor=actor,
                 action="secret_cache.invalidate",
                 target=f"secret_cache:{provider or '*'}:{secret or '*'}",
-                after={"provider": provider, "secret": secret, "invalidated": dropped, "generation": generation},
+                after={"provider": provider, "secret": secret, "invalidated": marked, "generation": generation},
             )
 
-        generation = self._announce("cache_generation", record)
-        return {"invalidated": dropped, "generation": generation}
-
-    def secret_written(self, name: str) -> None:
-        """A rotation in the internal store: no instance may keep serving the old value."""
-        self.cache.invalidate(provider=INTERNAL, secret=name)
-        self._announce("cache_generation")
+        marked, generation = self.refetch_everywhere(provider, secret, also=record)
+        return {"invalidated": marked, "generation": generation}
 
     def list_names(self, name: str, prefix: str) -> dict[str, Any]:
         """Secret names the connection's manager lists under ``prefix`` and its ``allowed_secrets`` allow."""
@@ -425,25 +502,57 @@ class SecretsService:
             error = None
         except ProviderError as exc:
             error = {"code": exc.code, "message": exc.message}
+        self._observed(name, error is None, error and error["code"])
         elapsed = int((time.monotonic() - started) * 1000)
         return {"ok": error is None, "status": "ok" if error is None else "down", "error": error, "elapsed_ms": elapsed}
 
+    # readiness: answered at once from what is known, learnt in the background
+
+    def _observed(self, name: str, ok: bool, code: str | None) -> None:
+        """A fetch or a check reached (or failed to reach) ``name``'s manager."""
+        self._health[name] = (time.monotonic(), ok, code)
+
     def readiness(self) -> dict[str, dict[str, Any]]:
-        """Each connection: ok, degraded (down, cached values still serve) or down."""
-        now = time.monotonic()
-        if self._readiness and now - self._readiness[0] < READINESS_TTL:
-            return self._readiness[1]
+        """Each connection: ok, degraded (down, cached values still serve) or down; never waits on a manager."""
         self.sync()
+        connections = self._connections()
+        now = time.monotonic()
+        if now - self._checked_at >= READINESS_INTERVAL:
+            self._checked_at = now
+            for name, record in connections.items():
+                self._check_in_background(name, record)
         report: dict[str, dict[str, Any]] = {}
-        for name, record in self.connections.all().items():
+        for name in connections:
+            known = self._health.get(name)
+            if known is None:
+                report[name] = {"status": "ok", "detail": "not_checked_yet"}
+            elif known[1]:
+                report[name] = {"status": "ok"}
+            else:
+                serving = known[2] == ProviderUnavailable.code and self.cache.has_values(provider=name)
+                report[name] = {"status": "degraded" if serving else "down", "detail": known[2] or "error"}
+        return report
+
+    def _check_in_background(self, name: str, record: dict[str, Any]) -> None:
+        with self._lock:
+            if name in self._checking:
+                return  # the last check has not answered yet (a hung manager): its outcome will come
+            self._checking.add(name)
+
+        def check() -> None:
             try:
                 self._provider(name, record).check()
-                report[name] = {"status": "ok"}
+                self._observed(name, True, None)
             except ProviderError as exc:
-                serving = isinstance(exc, ProviderUnavailable) and self.cache.has_values(provider=name)
-                report[name] = {"status": "degraded" if serving else "down", "detail": exc.code}
-        self._readiness = (now, report)
-        return report
+                self._observed(name, False, exc.code)
+            except Exception as exc:  # a provider bug must not kill readiness
+                log.warning("readiness check failed", extra={"provider": name, "error": type(exc).__name__})
+                self._observed(name, False, "provider_error")
+            finally:
+                with self._lock:
+                    self._checking.discard(name)
+
+        threading.Thread(target=check, name=f"readiness:{name}", daemon=True).start()
 
     def close(self) -> None:
         with self._lock:

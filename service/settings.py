@@ -20,15 +20,20 @@ from sqlalchemy.orm import Session
 
 from service import audit
 from service.crypto import KeyRing
-from service.db import Database, ServiceState, SmtpSettings, iso_utc, utcnow
-from service.errors import NotFound, PreconditionFailed, ValidationFailed
-from service.schemas import SETTINGS_FIELDS, SYSTEM_DEFAULTS, credential_errors, load_settings
+from service.db import Database, SmtpSettings, is_unavailable, iso_utc, utcnow
+from service.errors import DatabaseUnavailable, NotFound, PreconditionFailed, ValidationFailed
+from service.oauth import ENDPOINT_FIELDS, SECRET_FIELDS, with_defaults
+from service.propagation import SETTINGS, announce
+from service.schemas import SETTINGS_FIELDS, SYSTEM_DEFAULTS, check_auth_plaintext, credential_errors, is_oauth2, load_settings
 
 SYSTEM_SCOPE = "system"
 TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 REQUIRED_FIELDS = ("host", "port", "from_email")
 DESTINATION_FIELDS = ("host", "port", "security", "username")
 READ_BACK_PLAINTEXT = {"source": "plaintext", "value_set": True}
+PASSWORD_AUTH = {"method": "password"}
+#: Hosts whose operators have retired password (basic) SMTP AUTH.
+BASIC_AUTH_RETIRED_HOSTS = frozenset({"smtp.office365.com", "smtp-mail.outlook.com"})
 #: Settings rows a worker reads at once and keeps for effective reads after each change
 #: (every tenant of a large installation fits); beyond, rows are read as they are asked for.
 ROW_CACHE_SIZE = 20_000
@@ -58,13 +63,34 @@ def redact_password(password: dict[str, Any] | None) -> dict[str, Any] | None:
     return dict(password)
 
 
+def auth_secret_context(scope: str, name: str) -> str:
+    """Associated data binding a stored OAuth2 secret (``client_secret``, ...) to its settings row."""
+    return f"smtp_settings:{scope}:auth.{name}"
+
+
+def redact_auth(auth: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The form an ``auth`` object is shown in: its secrets as references, never values."""
+    if auth is None:
+        return None
+    return {name: redact_password(value) if name in SECRET_FIELDS else value for name, value in auth.items()}
+
+
 def redact(document: dict[str, Any] | None) -> dict[str, Any] | None:
     if document is None:
         return None
     out = dict(document)
     if "password" in out:
         out["password"] = redact_password(out["password"])
+    if "auth" in out:
+        out["auth"] = redact_auth(out["auth"])
     return out
+
+
+def auth_scope(effective: Any) -> str:
+    """The settings row an OAuth2 plaintext secret is sealed to: the level ``auth`` was set at."""
+    if effective.tenant is not None and "auth" in effective.tenant.document:
+        return effective.tenant.scope
+    return SYSTEM_SCOPE
 
 
 def warnings_for(effective: dict[str, Any]) -> list[str]:
@@ -74,6 +100,9 @@ def warnings_for(effective: dict[str, Any]) -> list[str]:
         warnings.append("anonymous_smtp")
     elif effective.get("security") == "none":
         warnings.append("credentials_over_plaintext")
+    host = str(effective.get("host") or "").lower().rstrip(".")
+    if host in BASIC_AUTH_RETIRED_HOSTS and effective.get("username") is not None and not is_oauth2(effective):
+        warnings.append("basic_auth_retiring")
     return warnings
 
 
@@ -140,19 +169,26 @@ class Effective:
     scope: str
     #: ``effective_view`` results by the extra fields they were rendered with.
     views: dict[Any, EffectiveView] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    #: Served from memory while the database could not be asked whether it changed.
+    stale: bool = False
 
     @property
     def base_tag(self) -> list[Any]:
         return [s and [s.scope, s.version, s.stamp] for s in (self.system, self.tenant)]
+
+    @functools.cached_property
+    def stale_twin(self) -> "Effective":
+        """The same settings marked ``settings_stale`` (kept, so that its renderings are too)."""
+        return dataclasses.replace(self, views={}, stale=True)
 
 
 class SettingsService:
     """Reads and writes settings documents; every write is audited in its transaction.
 
     Effective reads, what senders poll, come from rows and merged documents
-    kept in the process. Writes through this instance drop them at once;
-    ``sync`` (the secrets layer's, which reads the database's generations at
-    most once per sync interval) calls ``forget`` when another instance wrote.
+    kept in the process. Every write announces itself (``service.propagation``);
+    ``sync``, called first by every effective read, applies what any worker or
+    instance announced, which calls ``forget`` after a settings change.
     Reads of one level (``get``) always ask the database.
     """
 
@@ -173,6 +209,7 @@ class SettingsService:
         self.check_reference = check_reference
         self.sync = sync
         self._lock = threading.Lock()
+        self._rows_flight = threading.Lock()
         # The table as last read (None: not read since the last change). When it
         # held more than ROW_CACHE_SIZE rows, the others are read one by one and
         # kept here too, a level without settings as None.
@@ -181,13 +218,23 @@ class SettingsService:
         self._effective: collections.OrderedDict[str | None, Effective] = collections.OrderedDict()
         # Bumped by forget(): a read that started before must not store what it read.
         self._epoch = 0
+        # The last rows and effective documents read, kept through forget() and
+        # served (marked stale) when the database cannot be read again.
+        self._last_rows: tuple[dict[str, StoredSettings | None], bool] | None = None
+        self._last_effective: collections.OrderedDict[str | None, Effective] = collections.OrderedDict()
 
     def forget(self) -> None:
         """Drop the kept rows and effective documents (settings changed somewhere)."""
         with self._lock:
             self._epoch += 1
+            if self._rows is not None:
+                self._last_rows = (self._rows, self._complete)
             self._rows = None
             self._effective = collections.OrderedDict()
+
+    def holds_settings(self) -> bool:
+        """Whether effective settings can be served from memory (the database was read before)."""
+        return self._rows is not None or self._last_rows is not None or bool(self._last_effective)
 
     # reads
 
@@ -197,7 +244,42 @@ class SettingsService:
             return StoredSettings.of(row) if row else None
 
     def effective(self, tenant: str | None) -> Effective:
-        """The merged settings of ``tenant`` (``None``: the system level), shared and read-only."""
+        """The merged settings of ``tenant`` (``None``: the system level), shared and read-only.
+
+        While the database cannot be read, the last view held in memory is
+        served, marked stale; with none, 503 ``database_unavailable``.
+        """
+        try:
+            effective = self._current_effective(tenant)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            effective = self._last_known_effective(tenant)
+        else:
+            if self._last_effective.get(tenant) is not effective:
+                with self._lock:
+                    _bounded_put(self._last_effective, tenant, effective, EFFECTIVE_CACHE_SIZE)
+        return effective if self.db.reachable else effective.stale_twin
+
+    def _last_known_effective(self, tenant: str | None) -> Effective:
+        kept = self._last_effective.get(tenant)
+        if kept is not None:
+            return kept
+        with self._lock:
+            last = self._rows, self._complete
+            if last[0] is None:
+                last = self._last_rows  # type: ignore[assignment]
+        scope = None if tenant is None else tenant_scope(tenant)
+        wanted = [SYSTEM_SCOPE] if scope is None else [SYSTEM_SCOPE, scope]
+        if last is None or not (last[1] or all(name in last[0] for name in wanted)):
+            raise DatabaseUnavailable("The database cannot be reached, and these settings are not held in memory.")
+        rows = last[0]
+        effective = self.merge(rows.get(SYSTEM_SCOPE), rows.get(scope) if scope else None, tenant)
+        with self._lock:
+            _bounded_put(self._last_effective, tenant, effective, EFFECTIVE_CACHE_SIZE)
+        return effective
+
+    def _current_effective(self, tenant: str | None) -> Effective:
         self.sync()
         kept = self._effective.get(tenant)
         if kept is not None:
@@ -205,10 +287,7 @@ class SettingsService:
         with self._lock:
             epoch, rows, complete, kept_effective = self._epoch, self._rows, self._complete, self._effective
         if rows is None:
-            rows, complete = self._read_rows(None)
-            with self._lock:
-                if self._epoch == epoch:
-                    self._rows, self._complete = rows, complete
+            rows, complete = self._rows_once(epoch)
         scope = None if tenant is None else tenant_scope(tenant)
         wanted = [SYSTEM_SCOPE] if scope is None else [SYSTEM_SCOPE, scope]
         picked = {name: rows.get(name) for name in wanted}
@@ -225,6 +304,18 @@ class SettingsService:
             if self._epoch == epoch:
                 _bounded_put(kept_effective, tenant, effective, EFFECTIVE_CACHE_SIZE)
         return effective
+
+    def _rows_once(self, epoch: int) -> tuple[dict[str, StoredSettings | None], bool]:
+        """The whole table for ``epoch``, read by one thread while the others wait for it."""
+        with self._rows_flight:
+            with self._lock:
+                if self._epoch == epoch and self._rows is not None:
+                    return self._rows, self._complete
+            rows, complete = self._read_rows(None)
+            with self._lock:
+                if self._epoch == epoch:
+                    self._rows, self._complete = rows, complete
+            return rows, complete
 
     def _read_rows(self, scopes: list[str] | None) -> tuple[dict[str, StoredSettings | None], bool]:
         """The rows of ``scopes``, or of the whole table up to ROW_CACHE_SIZE; whether that was all of it."""
@@ -255,6 +346,11 @@ class SettingsService:
         for name in ("cc", "bcc", "preferred_notifications"):
             if document[name] is None:
                 document[name] = []
+        if document["auth"] is None:
+            document["auth"] = PASSWORD_AUTH
+        elif is_oauth2(document):
+            # A token replaces the password: one inherited from the system level is set aside.
+            document["password"] = None
         scope = SYSTEM_SCOPE if tenant_id is None else f"tenant:{tenant_id}"
         return Effective(document, inherited, system, tenant, scope)
 
@@ -264,6 +360,7 @@ class SettingsService:
         if stored.scope == SYSTEM_SCOPE:
             body = {**SYSTEM_DEFAULTS, **body}
             body["password"] = redact_password(stored.document.get("password"))
+            body["auth"] = redact_auth(body.get("auth")) or dict(PASSWORD_AUTH)
             body["warnings"] = warnings_for(body)
         else:
             system = inherited_from if isinstance(inherited_from, StoredSettings) else None
@@ -275,6 +372,16 @@ class SettingsService:
         body["updated_at"] = iso_utc(stored.updated_at)
         body["updated_by"] = stored.updated_by
         return body
+
+    @staticmethod
+    def notification_fields(effective: Effective, notification: str) -> dict[str, Any]:
+        """What a mail of type ``notification`` carries: Cc and Bcc only for the preferred types."""
+        preferred = notification in effective.document["preferred_notifications"]
+        return {
+            "notification": notification,
+            "cc": effective.document["cc"] if preferred else [],
+            "bcc": effective.document["bcc"] if preferred else [],
+        }
 
     def effective_view(self, effective: Effective, extra: dict[str, Any] | None = None) -> EffectiveView:
         """The effective document and its ETag (which follows the password version); shared, read-only."""
@@ -290,12 +397,15 @@ class SettingsService:
     def _render_effective(self, effective: Effective, extra: dict[str, Any] | None) -> EffectiveView:
         body = dict(effective.document)
         body["password"] = redact_password(body.get("password"))
+        body["auth"] = redact_auth(body.get("auth"))
         body["inherited"] = effective.inherited
         body["warnings"] = warnings_for(effective.document)
         newest = max((s for s in (effective.system, effective.tenant) if s), key=lambda s: s.updated_at, default=None)
         body["version"] = sum(s.version for s in (effective.system, effective.tenant) if s)
         body["updated_at"] = newest.updated_at_text if newest else None
         body["updated_by"] = newest.updated_by if newest else None
+        if effective.stale:
+            body["settings_stale"] = True
         if extra:
             body["warnings"] = body["warnings"] + [w for w in extra.pop("warnings", []) if w not in body["warnings"]]
             body.update(extra)
@@ -320,6 +430,8 @@ class SettingsService:
         password = document.get("password")
         if password is not None:
             document["password"] = self.check_reference(password)
+        if document.get("auth") is not None:
+            document["auth"] = check_auth_references(document["auth"], self.check_reference)
         return self._write(scope, document, actor=actor, if_match=if_match)
 
     def tenants(self, *, after: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
@@ -352,15 +464,13 @@ class SettingsService:
                 raise PreconditionFailed("The settings changed since they were read: fetch them again.")
             session.delete(row)
             audit.record(session, actor=actor, action="smtp_settings.delete", target=scope, before=redact(current.document))
-            bump_generation(session, "settings_generation")
-        self.forget()
+            announce(session, SETTINGS)
 
     def _write(self, scope: str, document: dict[str, Any], *, actor: str, if_match: str | None) -> StoredSettings:
         for attempt in range(2):
             try:
                 with self.db.transaction() as session:
                     stored = self._write_in(session, scope, document, actor=actor, if_match=if_match)
-                self.forget()
                 return stored
             except IntegrityError:
                 # Two first writes of the same level raced; the loser retries
@@ -383,8 +493,9 @@ class SettingsService:
             system_row = session.get(SmtpSettings, SYSTEM_SCOPE)
             system = system_row.document if system_row else {}
         document = self._seal_password(scope, document, current, system)
+        document = self._seal_auth(scope, document, current)
         effective = {**SYSTEM_DEFAULTS, **(system or {}), **document}
-        errors = credential_errors(effective)
+        errors = credential_errors(effective, own=document)
         if errors:
             raise ValidationFailed(errors=errors)
         now = utcnow()
@@ -405,7 +516,7 @@ class SettingsService:
             before=redact(current.document) if current else None,
             after=redact(document),
         )
-        bump_generation(session, "settings_generation")
+        announce(session, SETTINGS)
         return StoredSettings(scope, copy.deepcopy(document), row.version, now, actor)
 
     def _seal_password(
@@ -448,6 +559,66 @@ class SettingsService:
         return {**document, "password": dict(stored_plain)}
 
 
+    def _seal_auth(self, scope: str, document: dict[str, Any], current: StoredSettings | None) -> dict[str, Any]:
+        """Encrypt new plaintext OAuth2 secrets, or keep stored ones while the token endpoint and client are unchanged."""
+        auth = document.get("auth")
+        if not is_oauth2(document):
+            return document
+        stored_auth = (current.document.get("auth") if current else None) or {}
+        sealed = dict(auth)
+        for name in SECRET_FIELDS:
+            reference = auth.get(name)
+            if not reference or reference.get("source") != "plaintext":
+                continue
+            stored = stored_auth.get(name) if isinstance(stored_auth.get(name), dict) else None
+            stored_plain = stored if stored and stored.get("source") == "plaintext" else None
+            if "value" in reference:
+                version = int(stored_plain.get("version", 0)) + 1 if stored_plain else 1
+                sealed[name] = {
+                    "source": "plaintext",
+                    "ciphertext": self.keyring.encrypt(reference["value"], auth_secret_context(scope, name)),
+                    "version": str(version),
+                }
+                continue
+            changed = kept_auth_secret_changes(stored_auth, auth) if stored_plain else None
+            if stored_plain is None or changed:
+                reason = f"{', '.join(changed)} changed" if changed else "no stored value at this level"
+                raise ValidationFailed(
+                    f"The stored {name} is only kept while the token endpoint and client are unchanged ({reason}): send it again.",
+                    code="password_required",
+                    errors={"auth": {name: [f"Send the value again: {reason}."]}},
+                )
+            sealed[name] = dict(stored_plain)
+        return {**document, "auth": sealed}
+
+
+def kept_auth_secret_changes(stored_auth: dict[str, Any], auth: dict[str, Any]) -> list[str]:
+    """The fields naming the token endpoint and client that differ between two ``auth`` objects."""
+    before, after = with_defaults(stored_auth), with_defaults(auth)
+    return [name for name in ENDPOINT_FIELDS if before.get(name) != after.get(name)]
+
+
+def check_auth_references(auth: dict[str, Any], check_reference: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """Each secret reference inside ``auth``, checked like ``password`` (types, connections, allow-lists)."""
+    checked = dict(auth)
+    for name in SECRET_FIELDS:
+        reference = auth.get(name)
+        if reference is None:
+            continue
+        try:
+            if reference.get("source") == "plaintext":
+                checked[name] = check_auth_plaintext(reference)
+            else:
+                checked[name] = check_reference(reference)
+        except ValidationError as exc:
+            raise ValidationFailed(errors={"auth": {name: exc.messages}}) from None
+        except ValidationFailed as exc:
+            # The secrets layer words its errors for ``password``; they are this field's.
+            exc.errors = {"auth": {name: (exc.errors or {}).get("password", exc.errors)}}
+            raise
+    return checked
+
+
 def _bounded_put(kept: collections.OrderedDict[Any, Any], key: Any, value: Any, size: int) -> None:
     """Insert, dropping the oldest entries beyond ``size``."""
     kept[key] = value
@@ -463,22 +634,15 @@ def _flat_key(extra: dict[str, Any] | None) -> tuple[Any, ...]:
     return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in extra.items())
 
 
-def bump_generation(session: Session, key: str) -> None:
-    """Tell every instance sharing the database that something changed."""
-    session.execute(sa.update(ServiceState).where(ServiceState.key == key).values(value=ServiceState.value + 1))
-
-
 def scopes_whose_password(session: Session, matches: Callable[[dict[str, Any]], bool]) -> list[str]:
-    """The settings levels whose password reference ``matches``."""
-    return [
-        scope
-        for scope, document in session.execute(sa.select(SmtpSettings.scope, SmtpSettings.document))
-        if document.get("password") and matches(document["password"])
-    ]
-
-
-def read_generations(session: Session) -> dict[str, int]:
-    return {row.key: row.value for row in session.execute(sa.select(ServiceState.key, ServiceState.value))}
+    """The settings levels whose password reference, or a secret reference in ``auth``, ``matches``."""
+    found = []
+    for scope, document in session.execute(sa.select(SmtpSettings.scope, SmtpSettings.document)):
+        auth = document.get("auth") if isinstance(document.get("auth"), dict) else {}
+        references = [document.get("password"), *(auth.get(name) for name in SECRET_FIELDS)]
+        if any(isinstance(reference, dict) and matches(reference) for reference in references):
+            found.append(scope)
+    return found
 
 
 def _messages(exc: ValidationError) -> dict[str, Any]:

@@ -18,6 +18,7 @@ pytest_plugins = [
     "tests.fixtures.openbao",
     "tests.fixtures.cyberark_ccp",
     "tests.fixtures.smtp_servers",
+    "tests.fixtures.oauth_servers",
 ]
 
 MASTER_KEY = base64.b64encode(b"k" * 32).decode()

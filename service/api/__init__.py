@@ -8,10 +8,21 @@ import logging
 from typing import Any, Callable, TypeVar
 
 from flask import Flask, Response, current_app, g, request
-from werkzeug.exceptions import HTTPException
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from service.errors import ApiError, Forbidden, InvalidJson, Unauthorized, ValidationFailed
+from service.db import is_unavailable
+from service.errors import (
+    ApiError,
+    DatabaseUnavailable,
+    Forbidden,
+    InvalidJson,
+    TlsRequired,
+    Unauthorized,
+    ValidationFailed,
+)
 from service.tokens import Principal
+from service.transport import secrets_may_travel
 
 log = logging.getLogger("smtpconf.api")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -70,10 +81,27 @@ def requires(*roles: str) -> Callable[[F], F]:
     return decorate
 
 
+def require_secure_transport() -> None:
+    """403 ``tls_required`` unless a secret may go back over this request's transport."""
+    config = current_app.extensions["smtpconf"].config
+    if not secrets_may_travel(request.environ, allow_plaintext=config.allow_plaintext_secrets):
+        raise TlsRequired(
+            "This response carries a secret: ask over HTTPS (or, behind a proxy that encrypts, "
+            "have the operator set SMTPCONF_ALLOW_PLAINTEXT_SECRETS=true)."
+        )
+
+
 def json_body(optional: bool = False) -> Any:
-    """The parsed JSON body; 400 ``invalid_json`` when it does not parse; ``optional``: None when empty."""
+    """The parsed JSON body; 400 ``invalid_json`` when it does not parse; ``optional``: None when empty.
+
+    Only a body of no bytes at all is "no body": whitespace alone is not a JSON text.
+    """
     raw = request.get_data(cache=True)
-    if not raw.strip():
+    if request.content_length is None and len(raw) >= (request.max_content_length or len(raw) + 1):
+        # A streamed (chunked) body is cut at the limit without a word: one byte more is too large.
+        if request.environ["wsgi.input"].read(1):
+            raise RequestEntityTooLarge()
+    if not raw:
         if optional:
             return None
         raise InvalidJson("The request needs a JSON body.")
@@ -137,6 +165,16 @@ def register_error_handlers(app: Flask) -> None:
         if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
             response.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
         return response
+
+    @app.errorhandler(SQLAlchemyError)
+    def _database_error(error: SQLAlchemyError) -> Response:
+        # The one place where a database that is down, restarting, locked or
+        # read-only becomes 503: whatever the view was doing, it needed the database.
+        if is_unavailable(error):
+            cause = getattr(error, "orig", None) or error
+            log.warning("database unavailable", extra={"error": type(cause).__name__})
+            return problem(DatabaseUnavailable())
+        return _unhandled(error)
 
     @app.errorhandler(Exception)
     def _unhandled(error: Exception) -> Response:

@@ -6,9 +6,10 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
-from service.api import json_body, json_response, principal, requires
-from service.connections import view
-from service.errors import ValidationFailed
+from service.api import json_body, json_response, principal, require_secure_transport, requires
+from service.connections import check_name, view
+from service.errors import ApiError, ValidationFailed
+from service.rotation_events import CONTENT_TYPES, SUBSCRIPTION_VALIDATION, parse
 
 bp = Blueprint("secret_providers", __name__)
 MAX_PROVIDER_NAME = 128
@@ -36,20 +37,16 @@ def get_connection(name: str) -> Response:
 @bp.put("/v1/secret-providers/<name>")
 @requires("security")
 def put_connection(name: str) -> Response:
-    secrets = _secrets()
-    record, created = secrets.connections.put(
+    record, created = _secrets().connections.put(
         name, json_body(), actor=principal().name, if_match=request.headers.get("If-Match")
     )
-    secrets.connection_changed()
     return json_response(view(record), status=201 if created else 200, headers={"ETag": record["etag"]})
 
 
 @bp.delete("/v1/secret-providers/<name>")
 @requires("security")
 def delete_connection(name: str) -> Response:
-    secrets = _secrets()
-    secrets.connections.delete(name, actor=principal().name, if_match=request.headers.get("If-Match"))
-    secrets.connection_changed()
+    _secrets().connections.delete(name, actor=principal().name, if_match=request.headers.get("If-Match"))
     return Response(status=204)
 
 
@@ -88,3 +85,39 @@ def invalidate_cache() -> Response:
     if errors:
         raise ValidationFailed(errors=errors)
     return json_response(_secrets().invalidate(body.get("provider"), body.get("secret"), actor=principal().name))
+
+
+@bp.post("/v1/secret-providers/<name>/event-key")
+@requires("security")
+def create_event_key(name: str) -> Response:
+    require_secure_transport()
+    key = current_app.extensions["smtpconf"].events.create_key(check_name(name), actor=principal().name)
+    body = {"key": key, "path": f"/v1/secret-providers/{name}/events?key={key}"}
+    return json_response(body, headers={"Cache-Control": "no-store"})
+
+
+@bp.route("/v1/secret-providers/<name>/events", methods=["POST", "OPTIONS"], provide_automatic_options=False)
+def receive_events(name: str) -> Response:
+    # No bearer token: Event Grid authenticates with the key in the URL it was given.
+    events = current_app.extensions["smtpconf"].events
+    record = events.authenticate(name, request.args.get("key"))
+    if request.method == "OPTIONS":
+        origin = request.headers.get("WebHook-Request-Origin", "").strip()
+        if not origin:
+            raise ValidationFailed(errors={"WebHook-Request-Origin": ["Required for the CloudEvents webhook handshake."]})
+        events.handshake(name, origin)
+        response = Response(status=200)
+        response.headers["WebHook-Allowed-Origin"] = origin
+        response.headers["WebHook-Allowed-Rate"] = "*"
+        response.headers["Allow"] = "POST, OPTIONS"
+        return response
+    content_type = request.mimetype or "application/json"
+    if content_type not in CONTENT_TYPES:
+        raise ApiError(
+            f"Events are sent as {', '.join(CONTENT_TYPES)}.", status=415, code="unsupported_media_type", title="Unsupported media type"
+        )
+    delivered = parse(json_body(), content_type)
+    validation = next((event for event in delivered if event.type == SUBSCRIPTION_VALIDATION), None)
+    if validation is not None:
+        return json_response(events.validated(name, validation))
+    return json_response(events.deliver(name, record, delivered))

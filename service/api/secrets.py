@@ -30,16 +30,12 @@ def get_secret(name: str) -> Response:
 @bp.put("/v1/secrets/<path:name>")
 @requires("security")
 def put_secret(name: str) -> Response:
-    secrets = _secrets()
-    meta, created = secrets.store.put(name, json_body(), actor=principal().name)
-    secrets.secret_written(name)
+    meta, created = _secrets().store.put(name, json_body(), actor=principal().name)
     return json_response(meta, status=201 if created else 200)
 
 
 @bp.delete("/v1/secrets/<path:name>")
 @requires("security")
 def delete_secret(name: str) -> Response:
-    secrets = _secrets()
-    secrets.store.delete(name, actor=principal().name)
-    secrets.secret_written(name)
+    _secrets().store.delete(name, actor=principal().name)
     return Response(status=204)

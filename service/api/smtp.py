@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
-from service.api import json_body, json_response, principal, query_flag, requires
+from service.api import json_body, json_response, principal, query_flag, require_secure_transport, requires
 from service.errors import Forbidden, NotFound, ValidationFailed
 from service.schemas import NOTIFICATION_TYPES
 from service.settings import SYSTEM_SCOPE, tenant_scope
@@ -84,12 +84,22 @@ def _effective(tenant: str | None) -> Response:
     include_password = query_flag("include_password")
     if include_password and "secret-reader" not in caller.roles:
         raise Forbidden("include_password=true needs the secret-reader role.")
+    if include_password:
+        require_secure_transport()
     if tenant is not None:
         tenant_scope(tenant)
+    notification = request.args.get("notification")
+    if notification is not None and notification not in NOTIFICATION_TYPES:
+        raise ValidationFailed(
+            f"Unknown notification type: {notification!r}.",
+            errors={"notification": [f"Must be one of: {', '.join(NOTIFICATION_TYPES)}."]},
+        )
     effective = services.settings.effective(tenant)
     extra: dict[str, Any] = {}
+    if notification is not None:
+        extra = services.settings.notification_fields(effective, notification)
     if include_password:
-        extra = services.secrets.password_fields(effective, caller.name)
+        extra.update(services.secrets.password_fields(effective, caller.name))
     view = services.settings.effective_view(effective, extra)
     headers = [("ETag", view.etag), ("Cache-Control", "no-store" if include_password else "no-cache")]
     if request.environ.get("HTTP_IF_NONE_MATCH") and request.if_none_match.contains_weak(view.etag.strip('"')):
@@ -98,13 +108,13 @@ def _effective(tenant: str | None) -> Response:
 
 
 @bp.get("/v1/smtp/effective")
-@requires("reader", "secret-reader")
+@requires("admin", "reader", "secret-reader")
 def effective_system() -> Response:
     return _effective(None)
 
 
 @bp.get("/v1/tenants/<tenant>/smtp/effective")
-@requires("reader", "secret-reader")
+@requires("admin", "reader", "secret-reader")
 def effective_tenant(tenant: str) -> Response:
     return _effective(tenant)
 

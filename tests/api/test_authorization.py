@@ -18,9 +18,10 @@ MATRIX = [
     ("GET", "/v1/tenants/t1/smtp", {"admin", "reader"}, None),
     ("PUT", "/v1/tenants/t1/smtp", {"admin"}, {"port": 465}),
     ("DELETE", "/v1/tenants/t1/smtp", {"admin"}, None),
-    ("GET", "/v1/smtp/effective", {"reader", "secret-reader"}, None),
+    ("GET", "/v1/smtp/effective", {"admin", "reader", "secret-reader"}, None),
+    ("GET", "/v1/smtp/effective?notification=password_recovery", {"admin", "reader", "secret-reader"}, None),
     ("GET", "/v1/smtp/effective?include_password=true", {"secret-reader"}, None),
-    ("GET", "/v1/tenants/t1/smtp/effective", {"reader", "secret-reader"}, None),
+    ("GET", "/v1/tenants/t1/smtp/effective", {"admin", "reader", "secret-reader"}, None),
     ("GET", "/v1/tenants/t1/smtp/effective?include_password=true", {"secret-reader"}, None),
     ("GET", "/v1/notification-types", ANY, None),
     ("GET", "/v1/whoami", ANY, None),
@@ -36,6 +37,7 @@ MATRIX = [
     ("DELETE", "/v1/secret-providers/no-such-connection", {"security"}, None),
     ("POST", "/v1/secret-providers/internal/check", {"security"}, None),
     ("GET", "/v1/secret-providers/internal/secrets", {"security", "admin"}, None),
+    ("POST", "/v1/secret-providers/internal/event-key", {"security"}, None),
     ("GET", "/v1/secret-provider-types", ANY, None),
     ("POST", "/v1/secret-cache/invalidate", {"security"}, None),
     ("GET", "/v1/secrets", {"security"}, None),
@@ -99,6 +101,15 @@ def test_a_token_with_several_roles_has_each_of_them(configured, tokens):
 def test_admin_does_not_imply_security_or_secret_reader(configured, tokens):
     headers = tokens.headers("admin")
     assert configured.get("/v1/smtp/effective?include_password=true", headers=headers).status_code == 403
+
+
+def test_admin_reads_effective_settings_without_the_password(configured, tokens):
+    response = configured.get("/v1/smtp/effective", headers=tokens.headers("admin"))
+    assert response.status_code == 200
+    body = response.json
+    assert body["host"] == SYSTEM_SETTINGS["host"]
+    assert body["password"] == {"source": "plaintext", "value_set": True}
+    assert SYSTEM_SETTINGS["password"]["value"] not in response.get_data(as_text=True)
 
 
 @pytest.mark.parametrize("method,path", PUBLIC)

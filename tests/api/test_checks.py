@@ -75,6 +75,27 @@ def test_test_connection_without_to_mails_the_from_address(lab, plain_smtp_serve
     assert client.get("/v1/smtp", headers=tokens.headers("admin")).status_code == 404  # candidate not saved
 
 
+def test_private_domain_addresses_are_saved_validated_and_mailed(lab, starttls_smtp_server, smtp_ca_pem):
+    app, client, tokens = lab
+    settings = {
+        **starttls_settings(starttls_smtp_server, smtp_ca_pem),
+        "from_email": "noreply@corp.local", "reply_to": "help@host.internal", "envelope_from": "bounces@corp.local",
+        "cc": ["audit@example.lan"], "bcc": ["hidden@mail.test"],
+    }
+    saved = client.put("/v1/smtp", json=settings, headers=tokens.headers("admin"))
+    assert saved.status_code == 200, saved.json
+    validated = client.post("/v1/smtp/validate", headers=tokens.headers("admin")).json
+    assert validated["ok"] is True, validated
+    sent = client.post(
+        "/v1/smtp/test-connection", json={"to": "someone@mail.test", "include_cc_bcc": True}, headers=tokens.headers("admin")
+    ).json
+    assert sent["ok"] is True, sent
+    received = starttls_smtp_server.messages[-1]
+    assert received.mail_from == "bounces@corp.local"
+    assert sorted(received.rcpt_tos) == ["audit@example.lan", "hidden@mail.test", "someone@mail.test"]
+    assert received.message["From"] == "Example Alerts <noreply@corp.local>"
+
+
 def test_no_credential_in_transcript_response_or_log(lab, starttls_smtp_server, smtp_ca_pem, caplog):
     app, client, tokens = lab
     caplog.set_level(logging.DEBUG)
@@ -160,11 +181,16 @@ def test_rotated_password_is_picked_up_by_the_retry_after_535(lab, starttls_smtp
     settings = {**starttls_settings(starttls_smtp_server, smtp_ca_pem), "password": {"source": "internal", "secret": "smtp/relay"}}
     client.put("/v1/smtp", json=settings, headers=tokens.headers("admin"))
     assert client.post("/v1/smtp/validate", headers=tokens.headers("admin")).json["ok"] is True  # now cached
-    # Rotate on the server and in the store, bypassing the API so that no cache
-    # invalidation happens, as with a rotation made in an external manager.
+    # Rotate on the server and in the store without telling the workers (the
+    # board is not bumped), as with a rotation made in an external manager.
     starttls_smtp_server.handler.credentials[USERNAME] = "rotated-password"
+    db = app.extensions["smtpconf"].db
     try:
-        app.extensions["smtpconf"].secrets.store.put("smtp/relay", {"value": "rotated-password"}, actor="rotation")
+        db.on_commit, announced = None, db.on_commit
+        try:
+            app.extensions["smtpconf"].secrets.store.put("smtp/relay", {"value": "rotated-password"}, actor="rotation")
+        finally:
+            db.on_commit = announced
         result = client.post("/v1/smtp/validate", headers=tokens.headers("admin")).json
         assert result["ok"] is True, result
         assert result["secret"]["refreshed"] is True and result["secret"]["version"] == "2"

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import sqlalchemy as sa
+from sqlalchemy import event
 
 from service.db import ApiToken
 from service.tokens import TOKEN_CACHE_SECONDS, Authenticator, create_token
@@ -56,3 +59,58 @@ def test_an_idle_app_does_not_load_the_secret_manager_client_libraries(sqlite_ur
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[]"
+
+
+class Queries:
+    """Counts the statements an app's engine runs that mention ``table``."""
+
+    def __init__(self, app, table: str) -> None:
+        self.table = table
+        self.count = 0
+        self._lock = threading.Lock()
+        self.engine = app.extensions["smtpconf"].db.engine
+        event.listen(self.engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, _conn, _cursor, statement: str, *_args) -> None:
+        if self.table in statement:
+            with self._lock:
+                self.count += 1
+
+    def close(self) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._seen)
+
+
+def test_concurrent_reads_after_a_change_read_the_settings_table_and_each_token_once(app, client, tokens, system_settings):
+    client.put("/v1/smtp", json=system_settings, headers=tokens.headers("admin"))
+    reader = tokens.headers("reader")
+    start = threading.Barrier(20)
+
+    def read(_: int) -> str:
+        start.wait(timeout=10)
+        return app.test_client().get("/v1/smtp/effective", headers=reader).json["from_name"]
+
+    settings, token_lookups = Queries(app, "smtp_settings"), Queries(app, "api_tokens")
+    try:
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            assert list(pool.map(read, range(20))) == [system_settings["from_name"]] * 20
+        assert (settings.count, token_lookups.count) == (1, 1)
+    finally:
+        settings.close()
+        token_lookups.close()
+
+
+def test_a_starting_worker_warms_up_settings_connections_and_the_system_password(make_app, client, tokens, system_settings):
+    client.put("/v1/secrets/smtp/relay", json={"value": "warm"}, headers=tokens.headers("security"))
+    internal = {**system_settings, "password": {"source": "internal", "secret": "smtp/relay"}}
+    assert client.put("/v1/smtp", json=internal, headers=tokens.headers("admin")).status_code == 200
+    worker = make_app()
+    services = worker.extensions["smtpconf"]
+    assert services.secrets.cache.keys() == []
+    services.warm()
+    assert [key.secret for key in services.secrets.cache.keys()] == ["smtp/relay"]
+    statements = Queries(worker, "smtp_settings")
+    try:
+        body = worker.test_client().get("/v1/smtp/effective?include_password=true", headers=tokens.headers("secret-reader")).json
+        assert body["password"] == "warm" and statements.count == 0
+    finally:
+        statements.close()

@@ -69,7 +69,7 @@ def test_tenant_override_inherits_unset_fields(client, tokens, system_settings):
     assert effective["password"] == {"source": "plaintext", "value_set": True}
     assert set(effective["inherited"]) == {
         "host", "security", "insecure_skip_verify", "ca_certificate_pem", "reply_to", "envelope_from",
-        "username", "domain", "password", "cc", "bcc", "preferred_notifications", "timeout_seconds",
+        "username", "domain", "password", "auth", "cc", "bcc", "preferred_notifications", "timeout_seconds",
     }
 
 
@@ -276,3 +276,61 @@ def test_concurrent_puts_with_the_same_if_match_let_exactly_one_through(app, tok
     assert body["version"] == 2
     audit = client.get("/v1/audit", headers=tokens.headers("admin")).json["items"]
     assert len([e for e in audit if e["action"] == "smtp_settings.put"]) == 2
+
+
+# ?notification=TYPE applies the preferred notifications
+
+
+def test_notification_of_a_preferred_type_carries_the_configured_cc_and_bcc(client, tokens, system_settings):
+    system_settings["bcc"] = ["hidden@example.com"]
+    put_system(client, tokens, system_settings)
+    body = client.get("/v1/smtp/effective?notification=password_recovery", headers=tokens.headers("reader")).json
+    assert body["notification"] == "password_recovery"
+    assert body["cc"] == ["audit@example.com"] and body["bcc"] == ["hidden@example.com"]
+
+
+def test_notification_of_another_type_carries_no_cc_or_bcc(client, tokens, system_settings):
+    system_settings["bcc"] = ["hidden@example.com"]
+    put_system(client, tokens, system_settings)
+    plain = client.get("/v1/smtp/effective", headers=tokens.headers("reader")).json
+    response = client.get("/v1/smtp/effective?notification=job_alerts", headers=tokens.headers("reader"))
+    body = response.json
+    assert body["notification"] == "job_alerts"
+    assert body["cc"] == [] and body["bcc"] == []
+    assert "notification" not in plain and plain["cc"] == ["audit@example.com"]
+    assert {k: v for k, v in body.items() if k not in ("notification", "cc", "bcc")} == {
+        k: v for k, v in plain.items() if k not in ("cc", "bcc")
+    }
+
+
+def test_notification_follows_a_tenants_own_preferences(client, tokens, system_settings):
+    put_system(client, tokens, system_settings)
+    override = {"preferred_notifications": ["job_alerts"], "cc": ["acme-audit@acme.example"]}
+    assert client.put("/v1/tenants/acme/smtp", json=override, headers=tokens.headers("admin")).status_code == 200
+    url = "/v1/tenants/acme/smtp/effective?notification="
+    assert client.get(url + "job_alerts", headers=tokens.headers("admin")).json["cc"] == ["acme-audit@acme.example"]
+    assert client.get(url + "password_recovery", headers=tokens.headers("admin")).json["cc"] == []
+
+
+def test_an_unknown_notification_type_is_a_422_naming_the_parameter(client, tokens, system_settings):
+    put_system(client, tokens, system_settings)
+    for value in ("no_such_type", "", "Password_Recovery"):
+        response = client.get(f"/v1/smtp/effective?notification={value}", headers=tokens.headers("reader"))
+        assert response.status_code == 422, value
+        assert response.json["code"] == "validation_failed"
+        assert "notification" in response.json["errors"]
+
+
+def test_notification_works_with_the_password_and_its_own_etag(client, tokens, system_settings):
+    put_system(client, tokens, system_settings)
+    sender = tokens.headers("secret-reader")
+    url = "/v1/smtp/effective?include_password=true&notification="
+    preferred = client.get(url + "license_status", headers=sender)
+    other = client.get(url + "robot_alerts", headers=sender)
+    assert preferred.json["password"] == other.json["password"] == "initial-password"
+    assert preferred.json["cc"] == ["audit@example.com"] and other.json["cc"] == []
+    assert preferred.headers["ETag"] != other.headers["ETag"]
+    again = client.get(url + "robot_alerts", headers={**sender, "If-None-Match": other.headers["ETag"]})
+    assert again.status_code == 304
+    crossed = client.get(url + "license_status", headers={**sender, "If-None-Match": other.headers["ETag"]})
+    assert crossed.status_code == 200 and crossed.json["cc"] == ["audit@example.com"]

@@ -68,6 +68,34 @@ def test_internationalised_addresses_are_accepted(put, system_settings):
     assert response.json["from_email"] == "info@bücher.example"
 
 
+PRIVATE_DOMAINS = ("corp.local", "mail.test", "host.internal", "example.lan", "localhost")
+
+
+@pytest.mark.parametrize("domain", PRIVATE_DOMAINS)
+@pytest.mark.parametrize("field", ADDRESS_FIELDS + LIST_ADDRESS_FIELDS)
+def test_addresses_in_private_and_special_use_domains_are_accepted(put, system_settings, field, domain):
+    address = f"noreply@{domain}"
+    system_settings[field] = [address] if field in LIST_ADDRESS_FIELDS else address
+    response = put(system_settings)
+    assert response.status_code == 200, response.json
+    assert response.json[field] == system_settings[field]
+
+
+@pytest.mark.parametrize("domain", PRIVATE_DOMAINS)
+def test_a_tenant_override_may_send_from_a_private_domain(put, system_settings, domain):
+    assert put(system_settings).status_code == 200
+    response = put({"from_email": f"alerts@acme.{domain}", "cc": [f"audit@{domain}"]}, "/v1/tenants/acme/smtp")
+    assert response.status_code == 200, response.json
+
+
+@pytest.mark.parametrize(
+    "value", ["a@xn--zz.local", "a@-corp.local", "a@corp..local", "a@corp.local\r\nBcc: x@mail.test", "a b@mail.test"]
+)
+def test_private_domains_still_get_their_syntax_checked(put, system_settings, value):
+    system_settings["from_email"] = value
+    assert_refused(put(system_settings), "from_email")
+
+
 @pytest.mark.parametrize(
     "host", ["smtp.example.com", "localhost", "127.0.0.1", "::1", "[::1]", "2001:db8::25", "bücher.example", "mail-1.a.b.c"]
 )

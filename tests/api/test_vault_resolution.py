@@ -178,3 +178,44 @@ def test_invalidation_and_settings_change_through_one_instance_reach_another_wit
             break
         time.sleep(0.1)
     assert seen["password"] == "after" and seen["from_name"] == "Changed through A"
+
+
+def test_with_openbao_hung_the_first_read_after_the_ttl_and_readyz_answer_at_once(client, tokens, openbao, vault):
+    openbao.write_secret(vault, "mail/smtp", {"password": "known-value"})
+    configure(client, tokens, openbao, vault, cache_ttl_seconds=1, max_stale_seconds=60, timeout_seconds=5)
+    assert effective(client, tokens).json["password"] == "known-value"
+    assert client.get("/readyz").json["providers"]["corp-vault"]["status"] == "ok"
+    with openbao.hung():
+        time.sleep(1.1)
+        started = time.monotonic()
+        body = effective(client, tokens).json
+        read_took = time.monotonic() - started
+        started = time.monotonic()
+        ready = client.get("/readyz")
+        ready_took = time.monotonic() - started
+        again = effective(client, tokens).json  # the fetch still hangs: no second wait for it either
+    assert body["password"] == "known-value" and body["password_stale"] is True
+    assert again["password"] == "known-value" and again["password_stale"] is True
+    assert read_took < 0.1, f"the first read after the TTL took {read_took:.3f} s"
+    assert ready.status_code == 200 and ready_took < 0.1, f"/readyz took {ready_took:.3f} s"
+
+
+def test_under_steady_reads_the_value_is_refreshed_ahead_and_a_rotation_arrives_within_one_ttl(
+    app, client, tokens, openbao, vault
+):
+    openbao.write_secret(vault, "mail/smtp", {"password": "v1"})
+    configure(client, tokens, openbao, vault, cache_ttl_seconds=1, max_stale_seconds=60)
+    assert effective(client, tokens).json["password"] == "v1"
+    rotated_at = None
+    seen = []
+    deadline = time.monotonic() + 3.5
+    while time.monotonic() < deadline:
+        if rotated_at is None and time.monotonic() > deadline - 3.0:
+            openbao.write_secret(vault, "mail/smtp", {"password": "v2"})
+            rotated_at = time.monotonic()
+        body = effective(client, tokens).json
+        seen.append((time.monotonic(), body["password"], body.get("password_stale", False)))
+        time.sleep(0.01)
+    first_new = min(at for at, password, _ in seen if password == "v2")
+    assert first_new - rotated_at <= 1.0 + 0.2
+    assert app.extensions["smtpconf"].secrets.cache.stats()["refreshes_ahead"] >= 2

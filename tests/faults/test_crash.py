@@ -210,3 +210,40 @@ def test_killed_worker_loses_no_acknowledged_write_and_audits_exactly_what_was_s
         system = requests.get(server.url + "/v1/smtp/effective?include_password=true", headers=sender, timeout=10).json()
         final_system = history["system"][-1]["request_id"]
         assert system["password"] == f"pw-{sent[final_system].seq}"
+
+
+def test_sigterm_under_writes_drains_in_flight_requests_and_loses_no_acknowledged_write(server_database, tmp_path):
+    env = service_env(server_database, MASTER_KEY)
+    with RunningService(env, workers=2, log_path=tmp_path / "server.log") as server:
+        admin = {"Authorization": f"Bearer {server.token('term-admin', 'admin')}"}
+        security = {"Authorization": f"Bearer {server.token('term-security', 'security')}"}
+        load = Load(server.url, admin)
+        load.start()
+        try:
+            _wait_for(lambda: load.acknowledged(False) >= ACKNOWLEDGED_EACH_SIDE, 20, "writes before the shutdown")
+            load.killed.set()
+            os.kill(server.process.pid, signal.SIGTERM)
+            server.process.wait(timeout=30)
+        finally:
+            load.join()
+        assert server.process.returncode == 0, "a graceful shutdown"
+    answered = [put for put in load.puts if put.status is not None]
+    assert {put.status for put in answered} == {200}
+    # Every request that reached a worker before the shutdown was answered; later ones were refused at connect.
+    log = (tmp_path / "server.log").read_text()
+    assert "was sent SIGKILL" not in log, "workers had to be killed"
+
+    with RunningService(env, workers=1, log_path=tmp_path / "restarted.log") as restarted:
+        events = [
+            e for e in audit_events(restarted.url, security)
+            if e["action"] == "smtp_settings.put" and (e["request_id"] or "").startswith("crash-")
+        ]
+        sent = {put.request_id: put for put in load.puts}
+        history: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for event in events:
+            history[sent[event["request_id"]].scope].append(event)
+        for scope in (scope for writer in range(WRITERS) for scope in load.scopes(writer)):
+            puts = sorted((put for put in load.puts if put.scope == scope), key=lambda put: put.seq)
+            final = _assert_history_explains(puts, history[scope])
+            stored = requests.get(restarted.url + final.path, headers=admin, timeout=10).json()
+            assert stored["version"] == len(history[scope]) and _shows(stored, final.body)

@@ -72,7 +72,9 @@ def wall() -> FakeClock:
 
 @pytest.fixture
 def cache(mono: FakeClock, wall: FakeClock) -> SecretCache:
-    return SecretCache(clock=mono, wall=wall)
+    # Callers wait for every fetch here, so outcomes do not depend on thread scheduling;
+    # the bounded wait has its own test on the real clock.
+    return SecretCache(clock=mono, wall=wall, stale_wait=WAIT)
 
 
 @pytest.fixture
@@ -96,7 +98,7 @@ def test_value_within_ttl_is_served_from_cache_without_fetching_again(
     cache: SecretCache, manager: FakeManager, mono: FakeClock, wall: FakeClock
 ) -> None:
     first = cache.resolve(KEY, manager, ttl=300, max_stale=3600)
-    advance(mono, wall, 299)
+    advance(mono, wall, 269)  # before the last tenth, where a refresh ahead would start
     second = cache.resolve(KEY, manager, ttl=300, max_stale=3600)
 
     assert manager.calls == 1
@@ -397,20 +399,21 @@ def test_concurrent_refreshes_share_one_fetch(cache: SecretCache, manager: FakeM
     assert manager.calls == 2
 
 
-def test_invalidate_all_forgets_every_value(cache: SecretCache, manager: FakeManager) -> None:
+def test_invalidate_all_marks_every_value_for_refetch(cache: SecretCache, manager: FakeManager) -> None:
     keys = [CacheKey("vault-prod", "a", None), CacheKey("vault-prod", "b", "2"), CacheKey("akv", "a", None)]
     for key in keys:
         cache.resolve(key, manager, ttl=300, max_stale=3600)
 
     assert cache.invalidate() == 3
 
-    assert all(cache.peek(key) is None for key in keys)
+    assert all(cache.peek(key).stale for key in keys)
     for key in keys:
         assert cache.resolve(key, manager, ttl=300, max_stale=3600).from_cache is False
     assert manager.calls == 6
+    assert all(cache.resolve(key, manager, ttl=300, max_stale=3600).from_cache for key in keys)
 
 
-def test_invalidate_one_provider_keeps_the_others(cache: SecretCache, manager: FakeManager) -> None:
+def test_invalidate_one_provider_keeps_the_others_fresh(cache: SecretCache, manager: FakeManager) -> None:
     vault_a, vault_b = CacheKey("vault-prod", "a", None), CacheKey("vault-prod", "b", None)
     akv_a = CacheKey("akv", "a", None)
     for key in (vault_a, vault_b, akv_a):
@@ -418,11 +421,11 @@ def test_invalidate_one_provider_keeps_the_others(cache: SecretCache, manager: F
 
     assert cache.invalidate(provider="vault-prod") == 2
 
-    assert cache.peek(vault_a) is None and cache.peek(vault_b) is None
-    assert cache.peek(akv_a) is not None
+    assert cache.peek(vault_a).stale and cache.peek(vault_b).stale
+    assert cache.peek(akv_a).stale is False
 
 
-def test_invalidate_one_secret_drops_all_its_versions(cache: SecretCache, manager: FakeManager) -> None:
+def test_invalidate_one_secret_marks_all_its_versions_and_nothing_else(cache: SecretCache, manager: FakeManager) -> None:
     latest, pinned = CacheKey("vault-prod", "a", None), CacheKey("vault-prod", "a", "4")
     other, other_provider = CacheKey("vault-prod", "b", None), CacheKey("akv", "a", None)
     for key in (latest, pinned, other, other_provider):
@@ -430,19 +433,56 @@ def test_invalidate_one_secret_drops_all_its_versions(cache: SecretCache, manage
 
     assert cache.invalidate(provider="vault-prod", secret="a") == 2
 
-    assert cache.peek(latest) is None and cache.peek(pinned) is None
-    assert cache.peek(other) is not None and cache.peek(other_provider) is not None
+    assert cache.peek(latest).stale and cache.peek(pinned).stale
+    assert not cache.peek(other).stale and not cache.peek(other_provider).stale
+    cache.resolve(other, manager, ttl=300, max_stale=3600)
+    assert manager.calls == 4
 
 
-def test_invalidated_value_is_not_served_stale_while_the_manager_is_down(
-    cache: SecretCache, manager: FakeManager
+def test_invalidated_value_is_refetched_and_served_stale_while_the_manager_is_down(
+    cache: SecretCache, manager: FakeManager, mono: FakeClock, wall: FakeClock
 ) -> None:
     cache.resolve(KEY, manager, ttl=300, max_stale=3600)
     cache.invalidate(provider="vault-prod")
     manager.error = ProviderUnavailable("vault-prod: connection refused")
 
+    stale = cache.resolve(KEY, manager, ttl=300, max_stale=3600)
+
+    assert manager.calls == 2  # the mark made it ask the manager
+    assert stale.stale is True and stale.secret.value == CANARY
+    advance(mono, wall, 3600)
     with pytest.raises(ProviderUnavailable):
         cache.resolve(KEY, manager, ttl=300, max_stale=3600)
+
+
+def test_the_mark_holds_until_a_fetch_succeeds(
+    cache: SecretCache, manager: FakeManager, mono: FakeClock, wall: FakeClock
+) -> None:
+    cache.resolve(KEY, manager, ttl=300, max_stale=3600)
+    cache.invalidate()
+    manager.error = ProviderUnavailable("vault-prod: connection refused")
+    assert cache.resolve(KEY, manager, ttl=300, max_stale=3600).stale is True
+    manager.error = None
+    manager.rotate("after-the-outage")
+    advance(mono, wall, 1)  # past the failure backoff, well within the TTL
+
+    recovered = cache.resolve(KEY, manager, ttl=300, max_stale=3600)
+
+    assert recovered.secret.value == "after-the-outage" and recovered.stale is False
+    assert cache.resolve(KEY, manager, ttl=300, max_stale=3600).from_cache is True
+
+
+def test_purge_forgets_values_outright(cache: SecretCache, manager: FakeManager) -> None:
+    cache.resolve(KEY, manager, ttl=300, max_stale=3600)
+    other = CacheKey("vault-prod", "other", None)
+    cache.resolve(other, manager, ttl=300, max_stale=3600)
+
+    assert cache.purge(provider="vault-prod", secret="mail/smtp") == 1
+
+    manager.error = ProviderUnavailable("vault-prod: connection refused")
+    with pytest.raises(ProviderUnavailable):
+        cache.resolve(KEY, manager, ttl=300, max_stale=3600)
+    assert cache.peek(KEY) is None and cache.peek(other) is not None
 
 
 def test_invalidate_ends_a_failure_backoff(cache: SecretCache, manager: FakeManager) -> None:
@@ -456,7 +496,7 @@ def test_invalidate_ends_a_failure_backoff(cache: SecretCache, manager: FakeMana
     assert cache.resolve(KEY, manager, ttl=300, max_stale=3600).secret.value == CANARY
 
 
-def test_fetch_running_during_invalidate_is_not_cached(cache: SecretCache, manager: FakeManager) -> None:
+def test_fetch_running_during_invalidate_does_not_satisfy_the_mark(cache: SecretCache, manager: FakeManager) -> None:
     started, release = threading.Event(), threading.Event()
 
     def slow_fetch() -> SecretValue:
@@ -464,15 +504,65 @@ def test_fetch_running_during_invalidate_is_not_cached(cache: SecretCache, manag
         assert release.wait(WAIT)
         return SecretValue("read-before-invalidate")
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(max_workers=2) as pool:
         future = pool.submit(cache.resolve, KEY, slow_fetch, 300, 3600)
         assert started.wait(WAIT)
         cache.invalidate()
+        later = pool.submit(cache.resolve, KEY, manager, 300, 3600)
         release.set()
         assert future.result(timeout=WAIT).secret.value == "read-before-invalidate"
+        assert later.result(timeout=WAIT).secret.value == CANARY  # asked again, not handed the older read
 
-    assert cache.peek(KEY) is None
+    assert manager.calls == 1
     assert cache.resolve(KEY, manager, ttl=300, max_stale=3600).secret.value == CANARY
+
+
+def test_a_value_near_the_end_of_its_ttl_is_refreshed_in_the_background_once(
+    cache: SecretCache, manager: FakeManager, mono: FakeClock, wall: FakeClock
+) -> None:
+    cache.resolve(KEY, manager, ttl=100, max_stale=3600)
+    manager.rotate("rotated")
+    advance(mono, wall, 89)
+    assert cache.resolve(KEY, manager, ttl=100, max_stale=3600).secret.value == CANARY
+    assert manager.calls == 1  # not yet in the last tenth
+
+    release = threading.Event()
+
+    def slow_fetch() -> SecretValue:
+        assert release.wait(WAIT)
+        return manager()
+
+    advance(mono, wall, 2)
+    served = [cache.resolve(KEY, slow_fetch, ttl=100, max_stale=3600) for _ in range(20)]
+    assert all(r.secret.value == CANARY and r.stale is False for r in served)  # nobody waited
+    assert cache.stats()["refreshes_ahead"] == 1
+    release.set()
+    wait_until(lambda: cache.peek(KEY).secret.value == "rotated")
+    assert manager.calls == 2
+    advance(mono, wall, 80)  # 171 s after the first fetch: the refreshed value is still fresh
+    assert cache.resolve(KEY, manager, ttl=100, max_stale=3600).from_cache is True
+    assert manager.calls == 2
+
+
+def test_past_the_ttl_a_hung_manager_costs_a_request_at_most_the_stale_wait(manager: FakeManager) -> None:
+    cache = SecretCache(stale_wait=0.05)
+    cache.resolve(KEY, manager, ttl=0.2, max_stale=3600)
+    hung = threading.Event()
+
+    def hung_fetch() -> SecretValue:
+        assert hung.wait(WAIT)
+        raise ProviderUnavailable("vault-prod timed out")
+
+    time.sleep(0.25)
+    try:
+        started = time.monotonic()
+        results = [cache.resolve(KEY, hung_fetch, ttl=0.2, max_stale=3600) for _ in range(5)]
+        elapsed = time.monotonic() - started
+    finally:
+        hung.set()
+    assert all(r.stale and r.secret.value == CANARY for r in results)
+    assert elapsed < 5 * 0.05 + 0.5
+    assert cache.stats()["fetches"] == 2  # one fetch for all five
 
 
 def test_generation_increments_on_every_invalidate(cache: SecretCache) -> None:
@@ -512,7 +602,7 @@ def test_stats_count_hits_misses_fetches_failures_and_stale_serves(
     with pytest.raises(SecretNotFound):
         cache.resolve(KEY, manager, ttl=60, max_stale=600)
 
-    assert cache.stats() == {"hits": 1, "misses": 4, "fetches": 3, "stale_served": 2, "failures": 2}
+    assert cache.stats() == {"hits": 1, "misses": 4, "fetches": 3, "stale_served": 2, "failures": 2, "refreshes_ahead": 0}
 
 
 def test_no_secret_value_in_reprs_or_logs(

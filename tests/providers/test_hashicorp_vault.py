@@ -27,6 +27,7 @@ from providers.hashicorp_vault import (
     HashiCorpVaultProvider,
     HashiCorpVaultReferenceSchema,
 )
+from tests.fixtures.openbao import wait_for_kv_v2
 from tests.providers.contract import CANARY, ProviderContract, VersionedProviderContract
 
 if TYPE_CHECKING:
@@ -282,6 +283,7 @@ def test_namespace_selects_the_mount_inside_it(bao: OpenBao) -> None:
     team = bao.namespace("hv-team")
     if "ns-kv/" not in team.sys.list_mounted_secrets_engines()["data"]:
         team.sys.enable_secrets_engine("kv", path="ns-kv", options={"version": "2"})
+    wait_for_kv_v2(team, "ns-kv")
     team.secrets.kv.v2.create_or_update_secret("mail/smtp", {"password": "in-namespace"}, mount_point="ns-kv")
     credentials = Credentials(**{"vault-token": bao.root_token})
     vault = provider(connection(bao.url, TOKEN_AUTH, namespace="hv-team", mount="ns-kv"), credentials)

@@ -242,6 +242,11 @@ NOT_JSON = {
     "deeply-nested": b"[" * 50_000,
     "deeply-nested-object": b'{"a":' * 10_000,
     "5000-digit-number": b'{"port": 1' + b"0" * 5000 + b"}",
+    # Whitespace alone is no JSON text, and not "no body" either (only zero bytes are).
+    "crlf-only": b"\r\n",
+    "form-feed-only": b"\x0c",
+    "spaces-only": b"   ",
+    "form-feed-before-object": b"\x0c{}",
 }
 
 
