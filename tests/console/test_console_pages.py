@@ -324,3 +324,37 @@ def test_a_check_is_busy_for_as_long_as_the_server_keeps_silent_then_times_out(c
     assert wait_state(page, "Validate configuration") == "failure"
     assert button.is_enabled() and button.get_attribute("aria-busy") == "false"
     assert "timeout" in page.text_of("#check-result [role=alert]")
+
+
+def test_oauth2_microsoft_validates_and_saves_through_the_console(make_console, oauth, smtp_ca_pem):
+    from tests.fixtures.oauth_servers import CLIENT_ID, CLIENT_SECRET, MAILBOX, TENANT
+
+    console = make_console([oauth.xoauth2.port])
+    page = console.page
+    page.sign_in(console.token("admin"))
+    page.settle()
+    page.fill("SMTP server", "localhost")
+    page.fill("SMTP port", str(oauth.xoauth2.port))
+    page.by_label("CA certificate (PEM)").send_keys(smtp_ca_pem)
+    page.fill("From email", MAILBOX)
+    page.fill("Username", MAILBOX)
+    Select(page.by_label("Authentication")).select_by_visible_text("OAuth2")
+    page.fill("Tenant ID", TENANT)
+    page.fill("Client ID", CLIENT_ID)
+    page.fill("Authority host", oauth.tokens.base_url)
+    page.button("Set client secret").click()
+    Select(page.by_label("Input type")).select_by_visible_text("Input text")
+    page.by_label("Value").send_keys(CLIENT_SECRET)
+    page.button("Use this client secret").click()
+    page.wait(lambda d: not d.find_elements(By.CSS_SELECTOR, "dialog[open]"))
+    page.button("Validate configuration").click()
+    assert wait_state(page, "Validate configuration") == "success", page.text_of("#check-result")
+    page.button("Submit").click()
+    page.button("Confirm").click()
+    page.wait(lambda d: "Settings saved" in d.find_element(By.ID, "save-status").text)
+    saved = console.client.get("/v1/smtp", headers=console.tokens.headers("admin")).json
+    assert saved["auth"]["flow"] == "microsoft" and saved["auth"]["client_id"] == CLIENT_ID
+    assert saved["auth"]["client_secret"] == {"source": "plaintext", "value_set": True}
+    assert saved.get("password") is None
+    assert CLIENT_SECRET not in page.driver.page_source
+    assert Select(page.by_label("Authentication")).first_selected_option.text == "OAuth2"
