@@ -33,13 +33,18 @@ def shoot(page: Page, name: str, element_css: str | None = None) -> None:
     driver.execute_script("window.scrollTo(0, 0)")
     target = DOCS / f"console-{name}.png"
     if element_css:
-        driver.find_element(By.CSS_SELECTOR, element_css).screenshot(str(target))
+        box = driver.execute_script(
+            "const r = document.querySelector(arguments[0]).getBoundingClientRect();"
+            "return {x: r.left + scrollX, y: r.top + scrollY, width: r.width, height: r.height};",
+            element_css,
+        )
+        clip = {**box, "scale": 1}
     else:
         # The whole page, beyond the window's height, at the window's width.
         size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
         clip = {"x": 0, "y": 0, "width": WIDTH, "height": size["height"], "scale": 1}
-        shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip})
-        target.write_bytes(base64.b64decode(shot["data"]))
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip})
+    target.write_bytes(base64.b64decode(shot["data"]))
     print(f"{target.relative_to(ROOT)}: {target.stat().st_size // 1024} KiB")
 
 
@@ -95,6 +100,15 @@ def main() -> None:
         button = page.button("Validate configuration")
         page.wait(lambda d: button.get_attribute("data-state") in ("success", "failure"))
         shoot(page, "system-settings")
+
+        page.button("Change password").click()
+        Select(page.by_label("Input type")).select_by_visible_text("Input text")
+        page.by_label("Value").send_keys("not-the-password")
+        page.button("Use this password").click()
+        page.button("Validate configuration").click()
+        page.wait(lambda d: button.get_attribute("data-state") == "failure")
+        page.driver.find_element(By.CSS_SELECTOR, "#check-result details summary").click()
+        shoot(page, "validation-failed", ".checks")
 
         page.open("/console/#/tenants/acme")
         page.wait(lambda d: d.find_element(By.TAG_NAME, "h1").text == 'Tenant "acme"')

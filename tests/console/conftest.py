@@ -27,19 +27,33 @@ def chromium() -> Iterator[Any]:
 
 
 @pytest.fixture
-def console(make_app: Callable[..., Flask], starttls_smtp_server: Any, markup_smtp_server: Any, chromium: Any) -> Iterator["Console"]:
-    ports = [starttls_smtp_server.port, markup_smtp_server.port]
-    app = make_app(smtp_allowed_ports=",".join(map(str, [25, 465, 587, 2525, *ports])), rate_limit_per_minute=1000)
-    served = ServedApp(app)
+def make_console(
+    make_app: Callable[..., Flask], starttls_smtp_server: Any, markup_smtp_server: Any, silent_server: Any, chromium: Any
+) -> Iterator[Callable[..., "Console"]]:
+    """The console served on a free loopback port, its destination policy open to the test servers (and ``ports``)."""
+    served: list[ServedApp] = []
+
+    def make(ports: list[int] = ()) -> Console:
+        allowed = [25, 465, 587, 2525, starttls_smtp_server.port, markup_smtp_server.port, silent_server.port, *ports]
+        app = make_app(smtp_allowed_ports=",".join(map(str, allowed)), rate_limit_per_minute=1000)
+        served.append(ServedApp(app))
+        return Console(app, served[-1], Page(chromium, served[-1].url))
+
     chromium.delete_all_cookies()
     chromium.get_log("browser")  # what earlier tests left
-    yield Console(app, served, Page(chromium, served.url))
+    yield make
     # Failed requests (a 404 the page expects) are logged too; anything else is a script error.
     errors = [e["message"] for e in chromium.get_log("browser") if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
-    assert not errors, errors
     # A fresh origin per test (a new port) starts with empty sessionStorage; leave the page so nothing polls.
     chromium.get("about:blank")
-    served.stop()
+    for server in served:
+        server.stop()
+    assert not errors, errors
+
+
+@pytest.fixture
+def console(make_console: Callable[..., "Console"]) -> "Console":
+    return make_console()
 
 
 class Console:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -30,6 +31,8 @@ def browser_available() -> bool:
 
 def start_browser(width: int = 1024, height: int = 900) -> tuple[webdriver.Chrome, str]:
     """Chromium with a fresh profile, nothing fetched from outside, and the paths given (no Selenium Manager)."""
+    # Both paths are given, so Selenium has nothing to look up; offline mode makes sure it never downloads.
+    os.environ.setdefault("SE_OFFLINE", "true")
     profile = tempfile.mkdtemp(prefix="smtpconf-chromium-")
     options = Options()
     options.binary_location = CHROMIUM

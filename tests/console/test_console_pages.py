@@ -304,3 +304,57 @@ def test_oauth2_shows_the_fields_of_each_flow_instead_of_the_password(console, s
     assert page.driver.find_elements(By.ID, "field-auth-tenant_id") == []
     Select(page.by_label("Authentication")).select_by_visible_text("Password")
     assert page.find("#row-field-password").is_displayed() and page.button("Change password")
+
+
+def test_a_check_is_busy_for_as_long_as_the_server_keeps_silent_then_times_out(console, silent_server):
+    page = console.page
+    page.sign_in(console.token("admin"))
+    page.settle()
+    page.fill("SMTP server", "127.0.0.1")
+    page.fill("SMTP port", str(silent_server.port))
+    Select(page.by_label("SMTP type")).select_by_visible_text("None")
+    page.fill("From email", "noreply@example.com")
+    page.fill("Timeout (seconds)", "2")
+    button = page.button("Validate configuration")
+    button.click()
+    # Busy at once: disabled, announced, and the other check cannot start meanwhile.
+    assert button.get_attribute("data-state") == "busy" and button.get_attribute("aria-busy") == "true"
+    assert not button.is_enabled() and not page.driver.find_element(By.ID, "test-connection").is_enabled()
+    assert "up to 2 seconds" in page.text_of("#check-progress")
+    assert wait_state(page, "Validate configuration") == "failure"
+    assert button.is_enabled() and button.get_attribute("aria-busy") == "false"
+    assert "timeout" in page.text_of("#check-result [role=alert]")
+
+
+def test_oauth2_microsoft_validates_and_saves_through_the_console(make_console, oauth, smtp_ca_pem):
+    from tests.fixtures.oauth_servers import CLIENT_ID, CLIENT_SECRET, MAILBOX, TENANT
+
+    console = make_console([oauth.xoauth2.port])
+    page = console.page
+    page.sign_in(console.token("admin"))
+    page.settle()
+    page.fill("SMTP server", "localhost")
+    page.fill("SMTP port", str(oauth.xoauth2.port))
+    page.by_label("CA certificate (PEM)").send_keys(smtp_ca_pem)
+    page.fill("From email", MAILBOX)
+    page.fill("Username", MAILBOX)
+    Select(page.by_label("Authentication")).select_by_visible_text("OAuth2")
+    page.fill("Tenant ID", TENANT)
+    page.fill("Client ID", CLIENT_ID)
+    page.fill("Authority host", oauth.tokens.base_url)
+    page.button("Set client secret").click()
+    Select(page.by_label("Input type")).select_by_visible_text("Input text")
+    page.by_label("Value").send_keys(CLIENT_SECRET)
+    page.button("Use this client secret").click()
+    page.wait(lambda d: not d.find_elements(By.CSS_SELECTOR, "dialog[open]"))
+    page.button("Validate configuration").click()
+    assert wait_state(page, "Validate configuration") == "success", page.text_of("#check-result")
+    page.button("Submit").click()
+    page.button("Confirm").click()
+    page.wait(lambda d: "Settings saved" in d.find_element(By.ID, "save-status").text)
+    saved = console.client.get("/v1/smtp", headers=console.tokens.headers("admin")).json
+    assert saved["auth"]["flow"] == "microsoft" and saved["auth"]["client_id"] == CLIENT_ID
+    assert saved["auth"]["client_secret"] == {"source": "plaintext", "value_set": True}
+    assert saved.get("password") is None
+    assert CLIENT_SECRET not in page.driver.page_source
+    assert Select(page.by_label("Authentication")).first_selected_option.text == "OAuth2"

@@ -181,3 +181,25 @@ def test_every_control_is_labelled_and_the_page_fits_1024_pixels(console, system
     assert page.driver.switch_to.active_element.text == "Submit"
     page.driver.switch_to.active_element.send_keys(Keys.ENTER)
     assert page.driver.switch_to.active_element.text == "Confirm"  # focus moves to the confirmation
+
+
+def test_a_manager_that_cannot_be_reached_leaves_free_entry_in_the_picker(console, system_settings):
+    from tests.fixtures.smtp_servers import free_port
+
+    down = {
+        "type": "hashicorp_vault", "url": f"http://127.0.0.1:{free_port()}", "mount": "secret",
+        "auth": {"method": "token", "token": {"env": "SMTPCONF_TEST_UNUSED_TOKEN"}}, "allowed_secrets": ["mail/*"],
+        "timeout_seconds": 1,
+    }
+    console.client.put("/v1/secret-providers/down-vault", json=down, headers=console.tokens.headers("security"))
+    console.client.put("/v1/smtp", json=system_settings, headers=console.tokens.headers("admin"))
+    page = console.page
+    page.sign_in(console.token("admin"))
+    page.settle()
+    page.button("Change password").click()
+    Select(page.by_label("Input type")).select_by_visible_text("HashiCorp Vault")
+    value = page.wait(lambda d: d.find_element(By.CSS_SELECTOR, "input#secret-value[type=text]"))
+    assert "could not be listed" in page.text_of("#secret-value-hint")
+    value.send_keys("mail/smtp")
+    page.button("Use this password").click()
+    page.wait(lambda d: 'HashiCorp Vault "down-vault": mail/smtp' in d.find_element(By.ID, "password-summary").text)

@@ -41,6 +41,12 @@ const OAUTH_FIELDS = [
   { name: 'scope', label: 'Scope', flows: ['microsoft', 'google', 'client_credentials'] },
   { name: 'authority_host', label: 'Authority host', flows: ['microsoft'] },
 ];
+/** The members each flow takes (the service refuses any other). */
+const FLOW_FIELDS = {
+  microsoft: ['tenant_id', 'client_id', 'client_secret', 'client_certificate', 'scope', 'authority_host'],
+  google: ['service_account_key', 'token_url', 'scope'],
+  client_credentials: ['token_url', 'client_id', 'client_secret', 'scope'],
+};
 const OAUTH_SECRETS = [
   { name: 'client_secret', label: 'Client secret', what: 'client secret', flows: ['microsoft', 'client_credentials'] },
   { name: 'service_account_key', label: 'Service account key', what: 'service account key', flows: ['google'] },
@@ -383,7 +389,11 @@ class SettingsPage {
     if (authInherited) {
       delete doc.auth;
     } else if (method === 'oauth2') {
-      doc.auth = Object.fromEntries(Object.entries({ ...this.auth, method: 'oauth2' }).filter(([, v]) => v !== undefined && v !== ''));
+      // Until the OAuth2 fields are drawn (the same change event), the first flow is the one shown.
+      const auth = { flow: FLOWS[0][0], ...(this.auth || {}), method: 'oauth2' };
+      const keep = ['method', 'flow', ...(FLOW_FIELDS[auth.flow] || [])];
+      doc.auth = Object.fromEntries(Object.entries(auth)
+        .filter(([k, v]) => keep.includes(k) && v !== undefined && v !== ''));
       // OAuth2 takes no password (the service refuses both together).
       if (this.isTenant) doc.password = null;
       else delete doc.password;
