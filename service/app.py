@@ -126,6 +126,8 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     configure_logging(config.log_level)
     app = Flask(__name__, static_folder=None)
     app.request_class = Request
+    # "//" in a path is part of a name (then refused as one), never a redirect to another resource.
+    app.url_map.merge_slashes = False
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, TESTING=config.testing)
     app.extensions["smtpconf"] = build_services(config)
     register_error_handlers(app)
