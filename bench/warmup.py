@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import requests
 
-from bench.harness import Load, require_wrk, wrk
+from bench.harness import Figure, Load, print_table, require_wrk, wrk
 from tests.fixtures.openbao import OpenBao
 from tests.fixtures.server import RunningService, service_env
 
@@ -47,17 +47,26 @@ def series(url: str, headers: dict[str, str], seconds: int) -> list[Load]:
     return [wrk(url, seconds=1, connections=CONNECTIONS, headers=headers) for _ in range(seconds)]
 
 
-def show(name: str, loads: list[Load], steady: float) -> None:
+def show(name: str, loads: list[Load], steady: float) -> Figure:
     cells = "  ".join(f"{load.rps:6.0f} ({load.rps / steady:4.2f}x)" for load in loads)
     worst = min(load.rps / steady for load in loads[1:])
     failed = sum(load.failures for load in loads)
     verdict = "yes" if worst >= 0.8 and not failed else "NO"
     print(f"{name:<22} {cells}\n{'':<22} worst from the 2nd second: {worst:.2f}x (goal >= 0.8x: {verdict}); failed requests: {failed}")
+    series_text = " ".join(f"{load.rps / steady:.2f}" for load in loads)
+    return Figure(f"effective req/s {name}, worst 1-s window from the 2nd", worst, ">= 0.8x steady",
+                  worst >= 0.8 and not failed, f"series {series_text}", "{:.2f}x")
 
 
 def main() -> int:
     require_wrk()
     load_seconds = int(sys.argv[1]) if len(sys.argv) > 1 else 60
+    print_table(measure(load_seconds))
+    return 0
+
+
+def measure(load_seconds: int = 60) -> list[Figure]:
+    """Run both parts; print the series as they come and return the figures."""
     workdir = Path(tempfile.mkdtemp(prefix="smtpconf-bench-warmup-"))
     (workdir / "openbao").mkdir()
     openbao = OpenBao(workdir / "openbao")
@@ -97,9 +106,11 @@ def main() -> int:
         healthz = statistics.median(load.rps for load in series(service.url + "/healthz", {}, 3))
         print(f"\nrequests per second on {EFFECTIVE} ({WORKERS} workers, {CONNECTIONS} connections), one-second windows;"
               f" steady state {steady:.0f}/s, /healthz {healthz:.0f}/s")
-        show("after start", after_start, steady)
-        show("after a settings write", after_write, steady)
-        show("after an invalidation", after_invalidation, steady)
+        figures = [
+            show("after start", after_start, steady),
+            show("after a settings write", after_write, steady),
+            show("after an invalidation", after_invalidation, steady),
+        ]
 
         p99: dict[int, float] = {}
         reads_per_ttl = 0.0
@@ -122,7 +133,11 @@ def main() -> int:
         print(f"p99 with TTL 5 / p99 with TTL 300: {ratio:.2f} (goal <= 1.5: {'yes' if ratio <= 1.5 else 'NO'}); "
               f"OpenBao reads per TTL with TTL 5: {reads_per_ttl:.2f} (about 1.1 per worker that served requests, "
               f"{WORKERS} workers at most; wrk's keep-alive connections may all land on one)")
-        return 0
+        figures.append(Figure("p99 effective, TTL 5 s / TTL 300 s", ratio, "<= 1.5", ratio <= 1.5,
+                              f"{p99[5]:.1f} ms / {p99[300]:.1f} ms over {load_seconds} s each", "{:.2f}"))
+        figures.append(Figure("OpenBao reads per TTL under load, TTL 5 s", reads_per_ttl, "~1.1 per serving worker", None,
+                              f"{WORKERS} workers; refresh ahead in the last tenth of the TTL"))
+        return figures
     finally:
         if service is not None:
             service.stop()

@@ -151,6 +151,8 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__, static_folder=None)
     app.request_class = Request
     app.wsgi_app = ClientOrigin(DrainUnreadBody(app.wsgi_app), parse_networks(config.trusted_proxies))  # type: ignore[method-assign]
+    # "//" in a path is part of a name (then refused as one), never a redirect to another resource.
+    app.url_map.merge_slashes = False
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, TESTING=config.testing)
     app.extensions["smtpconf"] = build_services(config)
     register_error_handlers(app)

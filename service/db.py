@@ -209,7 +209,10 @@ class StatementWatchdog:
                 threading.Thread(target=self._run, name="smtpconf-db-watchdog", daemon=True).start()
 
     def done(self, key: int) -> None:
-        self._inflight.pop(key, None)
+        # Under the lock: once this returns, the watchdog will not touch the
+        # socket, so its connection may close it (and the number be reused).
+        with self._lock:
+            self._inflight.pop(key, None)
 
     def _run(self) -> None:
         while True:
@@ -273,7 +276,10 @@ class Database:
             event.listen(self.engine, "checkout", self._ping_on_checkout)
             event.listen(self.engine, "before_cursor_execute", self._before_statement)
             event.listen(self.engine, "after_cursor_execute", self._after_statement)
-            event.listen(self.engine, "handle_error", self._statement_failed)
+            # Whatever happened to a statement, its watch ends when its
+            # connection goes back to the pool or is discarded.
+            for name in ("checkin", "invalidate", "soft_invalidate", "close"):
+                event.listen(self.engine, name, self._connection_released)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
             # pysqlite's own transaction handling defers BEGIN; take it over so
@@ -306,20 +312,21 @@ class Database:
         finally:
             self.watchdog.done(key)  # type: ignore[union-attr]
 
-    def _before_statement(self, conn: sa.Connection, cursor: Any, *_args: Any) -> None:
+    # One statement at a time runs on a DBAPI connection: watches are keyed by it.
+
+    def _before_statement(self, conn: sa.Connection, _cursor: Any, *_args: Any) -> None:
         if conn.get_execution_options().get("no_deadline"):
             return
         dbapi_connection = conn.connection.dbapi_connection
         if dbapi_connection is not None:
-            self.watchdog.watch(id(cursor), dbapi_connection.fileno())  # type: ignore[union-attr]
+            self.watchdog.watch(id(dbapi_connection), dbapi_connection.fileno())  # type: ignore[union-attr]
 
-    def _after_statement(self, _conn: sa.Connection, cursor: Any, *_args: Any) -> None:
-        self.watchdog.done(id(cursor))  # type: ignore[union-attr]
+    def _after_statement(self, conn: sa.Connection, _cursor: Any, *_args: Any) -> None:
+        self.watchdog.done(id(conn.connection.dbapi_connection))  # type: ignore[union-attr]
 
-    def _statement_failed(self, context: sa.engine.ExceptionContext) -> None:
-        cursor = getattr(context, "cursor", None)  # absent when connecting failed
-        if cursor is not None:
-            self.watchdog.done(id(cursor))  # type: ignore[union-attr]
+    def _connection_released(self, dbapi_connection: Any, *_args: Any) -> None:
+        if dbapi_connection is not None:
+            self.watchdog.done(id(dbapi_connection))  # type: ignore[union-attr]
 
     @property
     def reachable(self) -> bool:

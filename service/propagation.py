@@ -33,7 +33,7 @@ import threading
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -202,9 +202,11 @@ class Board:
         return self._word(_TOTAL)
 
     def read(self) -> tuple[int, ...]:
-        return struct.unpack_from(f"<{SLOTS}Q", self._map, 0)
+        """Every counter, as one consistent picture (never half of a bump)."""
+        with self._locked():
+            return struct.unpack_from(f"<{SLOTS}Q", self._map, 0)
 
-    def bump(self, changes: Any, generations: dict[str, int] | None = None) -> None:
+    def bump(self, changes: Iterable[Change], generations: dict[str, int] | None = None) -> None:
         """Bump each change's slot (once per slot) and the total; note the database generations
         the changes produced, so that the safety poll does not take them for others' changes."""
         slots = {change.slot for change in changes}

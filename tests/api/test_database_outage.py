@@ -328,3 +328,28 @@ def test_only_outages_count_as_the_database_being_unavailable():
     assert is_unavailable(outage) and is_unavailable(broken)
     assert not is_unavailable(duplicate)
     assert not is_unavailable(ValueError("not a database error"))
+
+
+@pytest.mark.postgres
+def test_no_statement_stays_watched_after_it_ends_however_it_ends(own_postgres):
+    # A watch left behind would later cut whatever connection then holds that socket.
+    from service.db import Database, PasswordAccess, utcnow
+
+    db = Database(own_postgres.url, timeout=5)
+    try:
+        db.upgrade()
+        row = {"token_name": "t", "source": "s", "secret": "x", "version": "1"}
+        with db.transaction() as session:
+            session.add(PasswordAccess(**row, first_at=utcnow()))
+        for _ in range(3):
+            with pytest.raises(sa.exc.IntegrityError):
+                with db.transaction() as session:
+                    session.add(PasswordAccess(**row, first_at=utcnow()))
+        with pytest.raises(sa.exc.ProgrammingError):
+            with db.read() as session:
+                session.execute(sa.text("SELECT no_such_column FROM password_access"))
+        with db.read() as session:
+            assert session.execute(sa.text("SELECT count(*) FROM password_access")).scalar_one() == 1
+        assert db.watchdog is not None and db.watchdog._inflight == {}
+    finally:
+        db.dispose()

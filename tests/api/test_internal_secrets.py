@@ -150,3 +150,8 @@ def test_a_change_through_one_instance_is_honoured_by_another_within_two_seconds
             break
         time.sleep(0.1)
     assert effective_password(b, tokens).json["password"] == "second"
+
+
+def test_a_doubled_slash_in_a_secret_name_is_refused_not_redirected(client, tokens):
+    response = client.put("/v1/secrets//smtp/x", json={"value": "v"}, headers=tokens.headers("security"))
+    assert response.status_code == 404 and response.content_type == "application/problem+json"

@@ -271,6 +271,7 @@ def test_a_terminated_listener_reconnects_and_propagation_goes_on(make_app, data
     a, b = first.test_client(), second.test_client()
     propagator = second.extensions["smtpconf"].propagator
     wait_for(propagator.listening.is_set, "the listener")
+    wait_for(first.extensions["smtpconf"].propagator.listening.is_set, "the other instance's listener")
     write_secret(a, tokens, "smtp/relay", "before")
     use_internal(a, tokens)
     assert effective_password(b, tokens).json["password"] == "before"

@@ -185,19 +185,26 @@ def test_with_openbao_hung_the_first_read_after_the_ttl_and_readyz_answer_at_onc
     configure(client, tokens, openbao, vault, cache_ttl_seconds=1, max_stale_seconds=60, timeout_seconds=5)
     assert effective(client, tokens).json["password"] == "known-value"
     assert client.get("/readyz").json["providers"]["corp-vault"]["status"] == "ok"
+
+    def timed(call):
+        started = time.monotonic()
+        result = call()
+        return time.monotonic() - started, result
+
     with openbao.hung():
         time.sleep(1.1)
-        started = time.monotonic()
-        body = effective(client, tokens).json
-        read_took = time.monotonic() - started
-        started = time.monotonic()
-        ready = client.get("/readyz")
-        ready_took = time.monotonic() - started
-        again = effective(client, tokens).json  # the fetch still hangs: no second wait for it either
+        first_read, body = timed(lambda: effective(client, tokens).json)
+        first_ready, ready = timed(lambda: client.get("/readyz"))
+        # The fetch and the check still hang (5 s client timeout): later answers do not wait for them either.
+        reads = [timed(lambda: effective(client, tokens).json) for _ in range(5)]
+        readies = [timed(lambda: client.get("/readyz")) for _ in range(5)]
     assert body["password"] == "known-value" and body["password_stale"] is True
-    assert again["password"] == "known-value" and again["password_stale"] is True
-    assert read_took < 0.1, f"the first read after the TTL took {read_took:.3f} s"
-    assert ready.status_code == 200 and ready_took < 0.1, f"/readyz took {ready_took:.3f} s"
+    assert all(r["password"] == "known-value" and r["password_stale"] is True for _, r in reads)
+    assert ready.status_code == 200 and all(r.status_code == 200 for _, r in readies)
+    # Nothing waited for the manager's 5 s timeout; on a quiet machine each answer takes a few
+    # milliseconds, and the typical one stays under 100 ms even on a busy one.
+    assert max(first_read, first_ready, *(t for t, _ in reads + readies)) < 1.0
+    assert sorted(t for t, _ in reads)[2] < 0.1 and sorted(t for t, _ in readies)[2] < 0.1
 
 
 def test_under_steady_reads_the_value_is_refreshed_ahead_and_a_rotation_arrives_within_one_ttl(
