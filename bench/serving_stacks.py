@@ -3,7 +3,8 @@
 Run from the project root: ``python bench/serving_stacks.py`` (``make bench``
 runs it too). In one run, on loopback, everything over HTTPS with keep-alive
 connections: a real OpenBao's KV v2 read of the secret (what a sender would do
-instead of asking this service), the service under gunicorn (``smtpconf
+instead of asking this service; its audit device is turned off, so it runs
+at its fastest), the service under gunicorn (``smtpconf
 serve``, the default) and the same WSGI app under granian (a Rust HTTP server;
 measured, not shipped). The service on SQLite with 1 tenant and with 10,000.
 Each figure is the best of several alternated wrk runs: other work on the
@@ -78,22 +79,26 @@ class Target:
 class Granian:
     """The same WSGI app under granian, over HTTPS (granian takes PKCS#8 keys only)."""
 
-    def __init__(self, env: dict[str, str], cert: Path, key: Path, workdir: Path) -> None:
+    def __init__(self, env: dict[str, str], workdir: Path, tls: tuple[Path, Path] | None) -> None:
         binary = shutil.which("granian")
         if binary is None:
             raise SystemExit("granian is not installed: pip install granian")
-        pkcs8 = workdir / "granian.key"
-        private = serialization.load_pem_private_key(key.read_bytes(), password=None)
-        pkcs8.write_bytes(private.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        ssl_args: list[str] = []
+        if tls:
+            pkcs8 = workdir / "granian.key"
+            private = serialization.load_pem_private_key(tls[1].read_bytes(), password=None)
+            pkcs8.write_bytes(private.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+            ssl_args = ["--ssl-certificate", str(tls[0]), "--ssl-keyfile", str(pkcs8)]
         self.port = free_port()
-        self.url = f"https://127.0.0.1:{self.port}"
-        self.log = open(workdir / "granian.log", "wb")
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.log = open(workdir / f"granian-{self.port}.log", "wb")
         multiproc = Path(tempfile.mkdtemp(prefix="smtpconf-metrics-"))
+        plain_env = {k: v for k, v in env.items() if not k.startswith("SMTPCONF_TLS_")}
         self.process = subprocess.Popen(
             [binary, "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(WORKERS),
-             "--ssl-certificate", str(cert), "--ssl-keyfile", str(pkcs8), "--no-access-log", "service.wsgi:app"],
-            env={**env, "PROMETHEUS_MULTIPROC_DIR": str(multiproc)}, stdout=self.log, stderr=self.log,
+             *ssl_args, "--no-access-log", "service.wsgi:app"],
+            env={**plain_env, "PROMETHEUS_MULTIPROC_DIR": str(multiproc)}, stdout=self.log, stderr=self.log,
             start_new_session=True,
         )
 
@@ -150,7 +155,8 @@ def measure() -> list[Figure]:
     with tempfile.TemporaryDirectory(prefix="smtpconf-stacks-") as tmp:
         workdir = Path(tmp)
         (workdir / "openbao").mkdir()
-        openbao = OpenBao(workdir / "openbao")
+        # Without the file audit device the tests count reads with: OpenBao at its fastest.
+        openbao = OpenBao(workdir / "openbao", audit=False)
         openbao.start()
         services: list[Any] = []
         try:
@@ -187,22 +193,38 @@ def measure() -> list[Figure]:
             many = RunningService({**env, "SMTPCONF_DATABASE_URL": f"sqlite:///{workdir / 'tenants.db'}"},
                                   workers=WORKERS, log_path=workdir / "tenants.log", verify=str(ca_file))
             services.append(many)
-            granian = Granian(env, cert, key, workdir)
+            granian = Granian(env, workdir, (cert, key))
             services.append(granian)
             granian.wait_ready(str(ca_file))
             assert requests.get(granian.url + EFFECTIVE, headers=sender, verify=str(ca_file), timeout=30).ok
+            # The same over plain HTTP (loopback clients may be sent secrets without TLS).
+            plain_env = {k: v for k, v in env.items() if not k.startswith("SMTPCONF_TLS_")}
+            gunicorn_http = RunningService(plain_env, workers=WORKERS, log_path=workdir / "gunicorn-http.log")
+            services.append(gunicorn_http)
+            granian_http = Granian(env, workdir, None)
+            services.append(granian_http)
+            granian_http.wait_ready(str(ca_file))
 
-            vault_read = f"{openbao.tls_url}/v1/{MOUNT}/data/{SECRET_PATH}"
-            targets = [
-                Target("OpenBao KV read", vault_read, {"X-Vault-Token": vault_token}),
-                Target("gunicorn effective+password", gunicorn.url + EFFECTIVE, sender),
-                Target("granian effective+password", granian.url + EFFECTIVE, sender),
-                Target(f"gunicorn, {TENANTS:,} tenants", many.url + "/", sender, random_tenant_lua()),
-                Target("gunicorn /healthz", gunicorn.url + "/healthz", {}),
-            ]
+            vault_read = f"/v1/{MOUNT}/data/{SECRET_PATH}"
+            vault = {"X-Vault-Token": vault_token}
+            groups = {
+                "HTTPS": [
+                    Target("OpenBao KV read", openbao.tls_url + vault_read, vault),
+                    Target("gunicorn effective+password", gunicorn.url + EFFECTIVE, sender),
+                    Target("granian effective+password", granian.url + EFFECTIVE, sender),
+                    Target(f"gunicorn, {TENANTS:,} tenants", many.url + "/", sender, random_tenant_lua()),
+                    Target("gunicorn /healthz", gunicorn.url + "/healthz", {}),
+                ],
+                "HTTP": [
+                    Target("OpenBao KV read", openbao.url + vault_read, vault),
+                    Target("gunicorn effective+password", gunicorn_http.url + EFFECTIVE, sender),
+                    Target("granian effective+password", granian_http.url + EFFECTIVE, sender),
+                ],
+            }
             for _ in range(ROUNDS):
-                for target in targets:
-                    target.measure()
+                for targets in groups.values():
+                    for target in targets:
+                        target.measure()
             memory = {
                 name: max(rss_mb(pid) for pid in worker_pids(process.pid))
                 for name, process in (("gunicorn", gunicorn.process), ("granian", granian.process))
@@ -211,25 +233,26 @@ def measure() -> list[Figure]:
             for service in services:
                 service.stop()
             openbao.stop()
-    return figures(targets) + [
+    return [figure for scheme, targets in groups.items() for figure in figures(scheme, targets)] + [
         Figure(f"{name}: RSS of the biggest worker after the runs (MB)", size, "-", None, f"{WORKERS} workers", "{:.1f}")
         for name, size in memory.items()
     ]
 
 
-def figures(targets: list[Target]) -> list[Figure]:
+def figures(scheme: str, targets: list[Target]) -> list[Figure]:
+    """Each target against the first (OpenBao's read over the same scheme)."""
     bao_rps, bao_p50, bao_p99 = targets[0].best
     out = []
     for target in targets:
         rps, p50, p99 = target.best
         out.append(Figure(
-            f"{target.name}: req/s, {CONNECTIONS} connections", rps, "-", None,
+            f"{scheme} {target.name}: req/s, {CONNECTIONS} connections", rps, "-", None,
             f"{rps / bao_rps:.2f}x OpenBao's {bao_rps:.0f} (goal >= 0.95x)", "{:.0f}"))
         out.append(Figure(
-            f"{target.name}: p50 ms, 1 connection", p50, "-", None,
+            f"{scheme} {target.name}: p50 ms, 1 connection", p50, "-", None,
             f"{p50 / bao_p50:.2f}x OpenBao's {bao_p50:.3f} (goal <= 1.3x)", "{:.3f}"))
         out.append(Figure(
-            f"{target.name}: p99 ms, {CONNECTIONS} connections", p99, "-", None,
+            f"{scheme} {target.name}: p99 ms, {CONNECTIONS} connections", p99, "-", None,
             f"{p99 / bao_p99:.2f}x OpenBao's {bao_p99:.3f} (goal <= 1.5x)", "{:.3f}"))
     return out
 
@@ -237,6 +260,6 @@ def figures(targets: list[Target]) -> list[Figure]:
 if __name__ == "__main__":
     started = time.monotonic()
     table = measure()
-    print(f"\nHTTPS on loopback, keep-alive, {WORKERS} workers each, best of {ROUNDS} alternated runs; "
+    print(f"\nHTTPS and HTTP on loopback, keep-alive, {WORKERS} workers each, best of {ROUNDS} alternated runs; "
           f"{time.monotonic() - started:.0f} s")
     print_table(table)
