@@ -298,7 +298,7 @@ def test_oauth2_shows_the_fields_of_each_flow_instead_of_the_password(console, s
     assert Select(page.by_label("Flow")).first_selected_option.text.startswith("Microsoft")
     for label in ("Tenant ID", "Client ID", "Scope", "Authority host"):
         assert page.by_label(label).is_displayed()
-    assert page.button("Set client secret")
+    assert page.button("Set client secret") and page.button("Set client certificate")
     Select(page.by_label("Flow")).select_by_visible_text("Google service account")
     assert page.button("Set service account key")
     assert page.driver.find_elements(By.ID, "field-auth-tenant_id") == []
@@ -358,3 +358,37 @@ def test_oauth2_microsoft_validates_and_saves_through_the_console(make_console, 
     assert saved.get("password") is None
     assert CLIENT_SECRET not in page.driver.page_source
     assert Select(page.by_label("Authentication")).first_selected_option.text == "OAuth2"
+
+
+def test_oauth2_microsoft_with_a_client_certificate_typed_in_validates_and_saves(make_console, oauth, smtp_ca_pem):
+    from tests.fixtures.oauth_servers import CERT_CLIENT_ID, MAILBOX, TENANT
+
+    console = make_console([oauth.xoauth2.port])
+    page = console.page
+    page.sign_in(console.token("admin"))
+    page.settle()
+    page.fill("SMTP server", "localhost")
+    page.fill("SMTP port", str(oauth.xoauth2.port))
+    page.by_label("CA certificate (PEM)").send_keys(smtp_ca_pem)
+    page.fill("From email", MAILBOX)
+    page.fill("Username", MAILBOX)
+    Select(page.by_label("Authentication")).select_by_visible_text("OAuth2")
+    page.fill("Tenant ID", TENANT)
+    page.fill("Client ID", CERT_CLIENT_ID)
+    page.fill("Authority host", oauth.tokens.base_url)
+    page.button("Set client certificate").click()
+    Select(page.by_label("Input type")).select_by_visible_text("Input text")
+    value = page.by_label("Value")
+    assert value.tag_name == "textarea"  # a PEM keeps its line breaks
+    value.send_keys(oauth.certificate_pem)
+    page.button("Use this client certificate").click()
+    page.wait(lambda d: not d.find_elements(By.CSS_SELECTOR, "dialog[open]"))
+    page.button("Validate configuration").click()
+    assert wait_state(page, "Validate configuration") == "success", page.text_of("#check-result")
+    page.button("Submit").click()
+    page.button("Confirm").click()
+    page.wait(lambda d: "Settings saved" in d.find_element(By.ID, "save-status").text)
+    saved = console.client.get("/v1/smtp", headers=console.tokens.headers("admin")).json
+    assert saved["auth"]["client_certificate"] == {"source": "plaintext", "value_set": True}
+    assert "client_secret" not in saved["auth"]
+    assert "PRIVATE KEY" not in page.driver.page_source

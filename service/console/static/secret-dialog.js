@@ -35,7 +35,7 @@ export function describeReference(ref) {
  * Opens the dialog; `onChoose(reference)` gets the new reference when the user confirms.
  * `what` names the secret in the title ("password", "client secret").
  */
-export async function openSecretDialog({ what, current, onChoose }) {
+export async function openSecretDialog({ what, current, onChoose, multiline = false }) {
   const typeSelect = el('select', { id: 'secret-input-type' },
     INPUT_TYPES.map(([value, label]) => el('option', { value }, label)));
   const body = el('div', { class: 'dialog-body' });
@@ -103,8 +103,12 @@ export async function openSecretDialog({ what, current, onChoose }) {
     error.hidden = true;
     const same = current && current.source === source ? current : null;
     if (source === 'plaintext') {
-      const input = el('input', { id: 'secret-value', type: 'password', autocomplete: 'new-password' });
-      replace(body, field({ id: 'secret-value', label: 'Value', hint: `The ${what} itself.`, control: input }));
+      // A key file (a PEM, a key JSON) keeps its line breaks; it is shown while typed, never after.
+      const input = multiline
+        ? el('textarea', { id: 'secret-value', rows: 8, spellcheck: 'false', autocomplete: 'off' })
+        : el('input', { id: 'secret-value', type: 'password', autocomplete: 'new-password' });
+      const hint = multiline ? `The ${what} itself: paste the whole file.` : `The ${what} itself.`;
+      replace(body, field({ id: 'secret-value', label: 'Value', hint, control: input }));
       read = () => (input.value ? { source: 'plaintext', value: input.value } : null);
       return;
     }

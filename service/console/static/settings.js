@@ -48,8 +48,13 @@ const FLOW_FIELDS = {
   client_credentials: ['token_url', 'client_id', 'client_secret', 'scope'],
 };
 const OAUTH_SECRETS = [
-  { name: 'client_secret', label: 'Client secret', what: 'client secret', flows: ['microsoft', 'client_credentials'] },
-  { name: 'service_account_key', label: 'Service account key', what: 'service account key', flows: ['google'] },
+  { name: 'client_secret', label: 'Client secret', what: 'client secret', flows: ['microsoft', 'client_credentials'],
+    excludes: 'client_certificate' },
+  // Microsoft takes a client secret or a certificate (a PEM with the private key and the certificate).
+  { name: 'client_certificate', label: 'Client certificate (PEM)', what: 'client certificate', flows: ['microsoft'],
+    excludes: 'client_secret', multiline: true },
+  { name: 'service_account_key', label: 'Service account key', what: 'service account key', flows: ['google'],
+    multiline: true },
 ];
 
 function humanise(name) {
@@ -265,8 +270,13 @@ class SettingsPage {
       const current = this.auth[spec.name];
       const button = el('button', { type: 'button', class: 'secondary', id: `set-${spec.name}`, disabled: locked }, `${current ? 'Change' : 'Set'} ${spec.what}`);
       button.addEventListener('click', () => openSecretDialog({
-        what: spec.what, current,
-        onChoose: (ref) => { this.auth[spec.name] = ref; this.renderAuthMode(); this.changed(); },
+        what: spec.what, current, multiline: spec.multiline,
+        onChoose: (ref) => {
+          this.auth[spec.name] = ref;
+          if (spec.excludes) delete this.auth[spec.excludes];
+          this.renderAuthMode();
+          this.changed();
+        },
       }));
       append(this.oauthBox, el('div', { class: 'field', id: `row-field-auth-${spec.name}` },
         el('span', { class: 'label' }, spec.label),
