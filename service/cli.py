@@ -58,7 +58,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tls_files(config: Config) -> tuple[str, str] | None:
+def _tls_files(config: Config) -> Any:
+    """The served certificate, loaded once here (a pair that does not load stops the start), or None."""
     if not config.tls_cert_file or not config.tls_key_file:
         return None
     import ssl
@@ -66,10 +67,9 @@ def _tls_files(config: Config) -> tuple[str, str] | None:
     from service.transport import CertificateReloader
 
     try:
-        CertificateReloader(config.tls_cert_file, config.tls_key_file)  # refuse to start with a pair that does not load
+        return CertificateReloader(config.tls_cert_file, config.tls_key_file)
     except (OSError, ssl.SSLError, ValueError) as exc:
         raise ConfigError(f"SMTPCONF_TLS_CERT_FILE / SMTPCONF_TLS_KEY_FILE do not load: {exc}") from None
-    return config.tls_cert_file, config.tls_key_file
 
 
 def _upgrade_in_child(database_url: str) -> bool:
@@ -149,17 +149,15 @@ def cmd_rotate_master_key(_args: argparse.Namespace) -> int:
     return 0
 
 
-def run_gunicorn(bind: str, workers: int, tls: tuple[str, str] | None = None) -> None:
-    """Serve ``service.wsgi:app`` under gunicorn, metrics aggregated across workers; HTTPS with ``tls``."""
+def run_gunicorn(bind: str, workers: int, tls: Any = None) -> None:
+    """Serve ``service.wsgi:app`` under gunicorn, metrics aggregated across workers; HTTPS with ``tls``
+    (a ``CertificateReloader``)."""
     from gunicorn.app.base import BaseApplication
 
     global _reloader
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="smtpconf-metrics-")
-    if tls:
-        from service.transport import CertificateReloader
-
-        _reloader = CertificateReloader(*tls)
+    _reloader = tls
     if not os.environ.get("SMTPCONF_GENERATIONS_FILE") and not Config.load().database_url.startswith("sqlite"):
         from service.propagation import Board
 
@@ -185,8 +183,8 @@ def run_gunicorn(bind: str, workers: int, tls: tuple[str, str] | None = None) ->
             self.cfg.set("child_exit", child_exit)
             self.cfg.set("accesslog", None)
             if tls:
-                self.cfg.set("certfile", tls[0])
-                self.cfg.set("keyfile", tls[1])
+                self.cfg.set("certfile", tls.certfile)
+                self.cfg.set("keyfile", tls.keyfile)
                 self.cfg.set("ssl_context", _reloading_ssl_context)
             if "control_socket_disable" in self.cfg.settings:
                 # gunicorn 27's control socket sits at one path per user, shared

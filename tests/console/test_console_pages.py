@@ -326,8 +326,9 @@ def test_a_check_is_busy_for_as_long_as_the_server_keeps_silent_then_times_out(c
     assert "timeout" in page.text_of("#check-result [role=alert]")
 
 
-def test_oauth2_microsoft_validates_and_saves_through_the_console(make_console, oauth, smtp_ca_pem):
-    from tests.fixtures.oauth_servers import CLIENT_ID, CLIENT_SECRET, MAILBOX, TENANT
+def microsoft_oauth_form(make_console, oauth, smtp_ca_pem, client_id):
+    """A console signed in as admin, the form filled for XOAUTH2 through the Entra-shaped token endpoint."""
+    from tests.fixtures.oauth_servers import MAILBOX, TENANT
 
     console = make_console([oauth.xoauth2.port])
     page = console.page
@@ -340,8 +341,15 @@ def test_oauth2_microsoft_validates_and_saves_through_the_console(make_console, 
     page.fill("Username", MAILBOX)
     Select(page.by_label("Authentication")).select_by_visible_text("OAuth2")
     page.fill("Tenant ID", TENANT)
-    page.fill("Client ID", CLIENT_ID)
+    page.fill("Client ID", client_id)
     page.fill("Authority host", oauth.tokens.base_url)
+    return console, page
+
+
+def test_oauth2_microsoft_validates_and_saves_through_the_console(make_console, oauth, smtp_ca_pem):
+    from tests.fixtures.oauth_servers import CLIENT_ID, CLIENT_SECRET
+
+    console, page = microsoft_oauth_form(make_console, oauth, smtp_ca_pem, CLIENT_ID)
     page.button("Set client secret").click()
     Select(page.by_label("Input type")).select_by_visible_text("Input text")
     page.by_label("Value").send_keys(CLIENT_SECRET)
@@ -361,21 +369,9 @@ def test_oauth2_microsoft_validates_and_saves_through_the_console(make_console, 
 
 
 def test_oauth2_microsoft_with_a_client_certificate_typed_in_validates_and_saves(make_console, oauth, smtp_ca_pem):
-    from tests.fixtures.oauth_servers import CERT_CLIENT_ID, MAILBOX, TENANT
+    from tests.fixtures.oauth_servers import CERT_CLIENT_ID
 
-    console = make_console([oauth.xoauth2.port])
-    page = console.page
-    page.sign_in(console.token("admin"))
-    page.settle()
-    page.fill("SMTP server", "localhost")
-    page.fill("SMTP port", str(oauth.xoauth2.port))
-    page.by_label("CA certificate (PEM)").send_keys(smtp_ca_pem)
-    page.fill("From email", MAILBOX)
-    page.fill("Username", MAILBOX)
-    Select(page.by_label("Authentication")).select_by_visible_text("OAuth2")
-    page.fill("Tenant ID", TENANT)
-    page.fill("Client ID", CERT_CLIENT_ID)
-    page.fill("Authority host", oauth.tokens.base_url)
+    console, page = microsoft_oauth_form(make_console, oauth, smtp_ca_pem, CERT_CLIENT_ID)
     page.button("Set client certificate").click()
     Select(page.by_label("Input type")).select_by_visible_text("Input text")
     value = page.by_label("Value")
