@@ -160,6 +160,8 @@ class SecretsService:
         return marked, generation
 
     def connection(self, name: str) -> dict[str, Any] | None:
+        """The connection as every worker sees it after the last announced change."""
+        self.sync()
         return self._connections().get(name)
 
     def _connections(self) -> dict[str, dict[str, Any]]:
@@ -237,7 +239,6 @@ class SecretsService:
         name = connection_name(loaded)
         if not name:
             raise ValidationFailed(errors={"password": {"provider": ["Name the connection to read it from."]}})
-        self.sync()
         record = self.connection(name)
         if record is None or record["document"]["type"] != loaded["source"]:
             raise ValidationFailed(
