@@ -23,6 +23,7 @@ from service.credentials import CredentialPath
 from service.crypto import KeyRing
 from service.db import Database
 from service.propagation import Board, Propagator, board_path, private_board_path
+from service.readiness import HealthBoard, Readiness
 from service.observability import (
     HTTP_LATENCY,
     HTTP_REQUESTS,
@@ -78,9 +79,11 @@ class Services:
     events: RotationEvents
     propagator: Propagator
     credentials: CredentialPath
+    health: Readiness
 
     def close(self) -> None:
         self.secrets.close()
+        self.health.board.close()
         self.propagator.close()
         self.db.close()
 
@@ -105,7 +108,7 @@ class Services:
             serving = self.settings.holds_settings()
             return {"status": "degraded" if serving else "down", "database": "down", "providers": {}}
         database = "ok" if self.db.writable() else "read_only"
-        providers = self.secrets.readiness()
+        providers = self.health.report()
         degraded = database != "ok" or any(p["status"] != "ok" for p in providers.values())
         return {"status": "degraded" if degraded else "ok", "database": database, "providers": providers}
 
@@ -144,7 +147,7 @@ def build_services(config: Config) -> Services:
     db.watch()
     return Services(
         config, db, keyring, registry, settings, secrets, checks, authenticate, RotationEvents(db, secrets), propagator,
-        credentials,
+        credentials, Readiness(secrets, HealthBoard(f"{path}.health")),
     )
 
 

@@ -342,6 +342,7 @@ class Propagator:
             with contextlib.suppress(OSError):
                 self.board.path.unlink()
                 Path(f"{self.board.path}.listener").unlink()
+                Path(f"{self.board.path}.health").unlink()
 
     def _committed(self, pending: list[tuple[tuple[Change, ...], dict[str, int]]]) -> None:
         for changes, generations in pending:
