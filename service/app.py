@@ -33,6 +33,7 @@ from service.observability import (
 )
 from service.rotation_events import RotationEvents
 from service.oauth import TokenService
+from service.token_store import SharedTokens
 from service.secrets import SecretsService
 from service.settings import SettingsService
 from service.smtp_check import DestinationPolicy
@@ -138,7 +139,8 @@ def build_services(config: Config) -> Services:
     except ValueError as exc:
         raise ConfigError(f"SMTPCONF_SMTP_ALLOWED_PORTS / SMTPCONF_SMTP_DENIED_NETWORKS: {exc}") from None
     # Token endpoints are held to the SMTP destination policy's denied networks (any HTTPS port).
-    credentials = CredentialPath(secrets, keyring, TokenService(policy))
+    tokens = TokenService(policy, shared=SharedTokens(f"{path}.tokens", keyring))
+    credentials = CredentialPath(secrets, keyring, tokens)
     checks = CheckService(
         settings, secrets, credentials, policy, fips_mode=config.fips_mode, rate_limit=config.rate_limit_per_minute
     )
