@@ -104,11 +104,9 @@ class SecretCache:
       ``SecretNotAllowed`` are the manager's own answer that the value is gone
       or forbidden, so they also forget the last good value: a later outage
       must not bring it back. ``purge`` does the same on the service's behalf.
-    * After a ``ProviderUnavailable`` the manager is not asked again for that key
-      for ``failure_backoff`` seconds: callers get the stale value, or the same
-      error when there is none.
-    * ``refresh=True`` (a server rejected the cached password) skips the fresh
-      value and waits for a fetch, but honours the failure backoff.
+    * After a ``ProviderUnavailable`` the key's manager rests ``failure_backoff``
+      seconds: callers get the stale value, or the same error.
+    * ``refresh=True`` (a rejected password) waits for a fetch, within the failure backoff.
     * ``invalidate`` marks values for refetch: the next resolution waits for
       the manager, and if the manager cannot be reached the last good value is
       still served stale within ``max_stale``. A fetch that started before the
@@ -131,8 +129,7 @@ class SecretCache:
         self._entries: dict[CacheKey, _Entry] = {}
         self._generation = 0
         self._stats = {"hits": 0, "misses": 0, "fetches": 0, "stale_served": 0, "failures": 0, "refreshes_ahead": 0}
-        #: Told (provider, "ok" | "degraded" | "down", error code) of each fetch, and when a last good
-        #: value is served because a fetch is slow; never called with the cache lock held but for the latter.
+        #: Told (provider, "ok" | "degraded" | "down", error code) of each fetch, and when stale serves a slow one.
         self.on_outcome: Callable[[str, str, str | None], None] | None = None
 
     def __repr__(self) -> str:
@@ -140,8 +137,7 @@ class SecretCache:
             return f"<SecretCache entries={len(self._entries)} generation={self._generation}>"
 
     @property
-    def generation(self) -> int:
-        """How many times ``invalidate`` has run in this process."""
+    def generation(self) -> int:  # how many times ``invalidate`` has run in this process
         with self._lock:
             return self._generation
 
@@ -253,6 +249,10 @@ class SecretCache:
         """Whether any last good value of ``provider`` is held (to serve while it is down)."""
         with self._lock:
             return any(key.provider == provider and entry.secret is not None for key, entry in self._entries.items())
+
+    def keys(self) -> list[CacheKey]:  # the keys that hold a value
+        with self._lock:
+            return [key for key, entry in self._entries.items() if entry.secret is not None]
 
     def stats(self) -> dict[str, int]:
         """Counters: ``hits`` (fresh values served), ``misses`` (calls that found none),
