@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.smtp_check.dialogue import MASK, SECURITY_MODES, STAGES, Check
+from service.smtp_check.dialogue import SECURITY_MODES, STAGES, Check
+from service.smtp_check.login import MASK
 from service.smtp_check.policy import (
     DEFAULT_ALLOWED_PORTS,
     DEFAULT_DENIED,
