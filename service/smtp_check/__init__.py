@@ -2,7 +2,7 @@
 
 The modules, one concern each: ``policy`` (where a check may connect),
 ``request`` (what it is asked), ``connection`` (the wire and TLS), ``auth``
-(SASL mechanisms as pure encoders), ``message`` (the test mail),
+(SASL mechanisms as pure encoders), ``login`` (the AUTH exchanges), ``message`` (the test mail),
 ``dialogue`` (the stages) and ``errors``. This package never imports Flask.
 """
 
