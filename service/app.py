@@ -36,6 +36,7 @@ from service.oauth import TokenService
 from service.token_store import SharedTokens
 from service.secrets import SecretsService
 from service.settings import SettingsService
+from service.settings_writes import SettingsWriter
 from service.smtp_check import DestinationPolicy
 from service.tokens import Authenticator
 from service.transport import ClientOrigin, parse_networks
@@ -81,6 +82,7 @@ class Services:
     propagator: Propagator
     credentials: CredentialPath
     health: Readiness
+    settings_writer: SettingsWriter
 
     def close(self) -> None:
         self.secrets.close()
@@ -130,9 +132,8 @@ def build_services(config: Config) -> Services:
         board = Board(path)
     propagator = Propagator(db, board, poll_interval=config.secret_sync_interval_seconds, own_board=own_board)
     secrets = SecretsService(db, keyring, registry, propagator=propagator)
-    settings = SettingsService(
-        db, keyring, fips_mode=config.fips_mode, check_reference=secrets.check_reference, sync=secrets.sync
-    )
+    settings = SettingsService(db, sync=secrets.sync)
+    writer = SettingsWriter(db, keyring, fips_mode=config.fips_mode, check_reference=secrets.check_reference)
     secrets.on_settings_change(settings.forget)
     try:
         policy = DestinationPolicy.from_strings(config.smtp_allowed_ports, config.smtp_denied_networks)
@@ -149,7 +150,7 @@ def build_services(config: Config) -> Services:
     db.watch()
     return Services(
         config, db, keyring, registry, settings, secrets, checks, authenticate, RotationEvents(db, secrets), propagator,
-        credentials, Readiness(secrets, HealthBoard(f"{path}.health")),
+        credentials, Readiness(secrets, HealthBoard(f"{path}.health")), writer,
     )
 
 
