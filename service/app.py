@@ -22,7 +22,8 @@ from service.config import Config, ConfigError
 from service.credentials import CredentialPath
 from service.crypto import KeyRing
 from service.db import Database
-from service.propagation import Board, Propagator, board_path, private_board_path
+from service.board import Board, board_path, private_board_path
+from service.propagation import Propagator
 from service.readiness import HealthBoard, Readiness
 from service.observability import (
     HTTP_LATENCY,
