@@ -6,9 +6,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import os
 import threading
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from marshmallow import ValidationError
@@ -32,6 +30,7 @@ from service.crypto import KeyRing
 from service.db import Database, is_unavailable
 from service.errors import ApiError, PasswordUnavailable, ValidationFailed
 from service.internal_store import InternalStore
+from service.manager_credentials import ManagerCredentials
 from service.observability import SECRET_FETCHES
 from service.board import Applied
 from service.propagation import Propagator, announce, refetch
@@ -94,6 +93,7 @@ class SecretsService:
         self.registry = registry
         self.connections = ConnectionService(db, registry)
         self.store = InternalStore(db, keyring)
+        self.manager_credential = ManagerCredentials(self.store)
         self.cache = cache or SecretCache()
         self.propagator = propagator
         self._lock = threading.Lock()
@@ -185,30 +185,11 @@ class SecretsService:
             cls = self.registry.get(record["document"]["type"])
             if cls is None:
                 raise ProviderMisconfigured(f"provider type {record['document']['type']!r} is not installed")
-            provider = cls(record["document"], ProviderContext(credential=self.credential, internal_store=self.store))
+            provider = cls(record["document"], ProviderContext(credential=self.manager_credential, internal_store=self.store))
             self._providers[name] = (record["version"], provider)
         if held:
             held[1].close()
         return provider
-
-    # credentials the service itself needs to reach a manager
-
-    def credential(self, ref: Mapping[str, str]) -> str:
-        """The value of ``{"env": NAME}``, ``{"file": PATH}`` or ``{"internal": SECRET}``."""
-        ((kind, where),) = ref.items()
-        if kind == "env":
-            value = os.environ.get(where)
-            if value is None:
-                raise ProviderMisconfigured(f"environment variable {where} is not set")
-            return value
-        if kind == "file":
-            try:
-                return Path(where).read_text().rstrip("\r\n")
-            except OSError as exc:
-                raise ProviderMisconfigured(f"credential file {where} cannot be read: {exc.strerror}") from None
-        if kind == "internal":
-            return self.store.read(where).value
-        raise ProviderMisconfigured(f"unknown credential reference kind {kind!r}")
 
     # submit-time checks
 
