@@ -3,10 +3,16 @@ token, and the token never on disk in plaintext."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import requests
 
+from service.crypto import KeyRing
+from service.oauth import TokenService
+from service.smtp_check import DestinationPolicy
+from service.token_store import SharedTokens
 from tests.conftest import MASTER_KEY
 from tests.faults import worker_pids
 from tests.faults.test_rotation_workers import per_worker
@@ -47,3 +53,33 @@ def test_four_workers_ask_the_token_endpoint_once_and_share_the_token(tmp_path: 
     on_disk = [path for path in tmp_path.rglob("*") if path.is_file() and token in path.read_bytes()]
     assert on_disk == []
     assert list((tmp_path / "smtpconf.db.generations.tokens").iterdir()), "the token is shared through its sealed file"
+
+
+def _auth(oauth: OAuthLab) -> dict[str, Any]:
+    return {"flow": "client_credentials", "token_url": oauth.tokens.token_url, "client_id": CC_CLIENT_ID, "scope": "smtp.send"}
+
+
+def test_after_a_refusal_one_worker_renews_and_the_others_take_the_new_token(tmp_path: Path, oauth: OAuthLab):
+    # Two token services on one directory stand for two workers of an instance.
+    shared = SharedTokens(tmp_path / "tokens", KeyRing([os.urandom(32)]))
+    one, two = (TokenService(DestinationPolicy(), shared=shared) for _ in range(2))
+
+    first = one.get(_auth(oauth), CC_SECRET, MAILBOX)
+    assert two.get(_auth(oauth), CC_SECRET, MAILBOX).value == first.value
+    assert oauth.tokens.endpoint.count() == 1
+
+    # The SMTP server refuses the token on both workers: one new token, used by both.
+    renewed = one.get(_auth(oauth), CC_SECRET, MAILBOX, refresh=True)
+    assert two.get(_auth(oauth), CC_SECRET, MAILBOX, refresh=True).value == renewed.value != first.value
+    assert oauth.tokens.endpoint.count() == 2
+    assert not [p for p in (tmp_path / "tokens").iterdir() if renewed.value.encode() in p.read_bytes()]
+
+
+def test_a_stored_token_sealed_under_another_master_key_is_not_used(tmp_path: Path, oauth: OAuthLab):
+    before = TokenService(DestinationPolicy(), shared=SharedTokens(tmp_path / "tokens", KeyRing([os.urandom(32)])))
+    after = TokenService(DestinationPolicy(), shared=SharedTokens(tmp_path / "tokens", KeyRing([os.urandom(32)])))
+
+    old = before.get(_auth(oauth), CC_SECRET, MAILBOX)
+
+    assert after.get(_auth(oauth), CC_SECRET, MAILBOX).value != old.value
+    assert oauth.tokens.endpoint.count() == 2
