@@ -150,8 +150,8 @@ def cmd_rotate_master_key(_args: argparse.Namespace) -> int:
 
 
 def run_gunicorn(bind: str, workers: int, tls: Any = None) -> None:
-    """Serve ``service.wsgi:app`` under gunicorn, metrics aggregated across workers; HTTPS with ``tls``
-    (a ``CertificateReloader``)."""
+    """Serve ``service.wsgi:app`` under gunicorn's master with the service's own front in each worker
+    (``service.front``), metrics aggregated across workers; HTTPS with ``tls`` (a ``CertificateReloader``)."""
     from gunicorn.app.base import BaseApplication
 
     global _reloader
@@ -176,7 +176,7 @@ def run_gunicorn(bind: str, workers: int, tls: Any = None) -> None:
         def load_config(self) -> None:
             self.cfg.set("bind", [bind])
             self.cfg.set("workers", workers)
-            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("worker_class", "service.front.worker.FrontWorker")
             self.cfg.set("threads", 8)
             self.cfg.set("timeout", 150)
             self.cfg.set("graceful_timeout", 10)
