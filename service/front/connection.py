@@ -5,20 +5,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import io
 import ssl
 import sys
 from typing import Any, Callable
-from urllib.parse import unquote_to_bytes
 
 import httptools
 
 from service.front import responses
 from service.front.pool import Answer, AppPool, Job
+from service.front.request import MAX_HEAD_BYTES, Request, build_environ
 
-#: Request line and headers together, at most.
-MAX_HEAD_BYTES = 64 * 1024
-_ENVIRON_NAMES: dict[bytes, str] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,21 +55,6 @@ class Front:
                 connection.close()
 
 
-class _Request:
-    __slots__ = ("url", "headers", "body", "size", "head_size", "too_large", "keep_alive", "method", "version")
-
-    def __init__(self) -> None:
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body: list[bytes] = []
-        self.size = 0
-        self.head_size = 0
-        self.too_large = False
-        self.keep_alive = True
-        self.method = b""
-        self.version = "1.1"
-
-
 class Connection(asyncio.Protocol):
     """HTTP/1.1 on one connection, requests answered in order; every wait on the client is bounded."""
 
@@ -81,8 +62,8 @@ class Connection(asyncio.Protocol):
         self.front = front
         self.transport: Any = None
         self.parser: Any = None
-        self.request: _Request | None = None
-        self.pending: collections.deque[_Request] = collections.deque()
+        self.request: Request | None = None
+        self.pending: collections.deque[Request] = collections.deque()
         self.job: Job | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.job_timer: asyncio.TimerHandle | None = None
@@ -226,7 +207,7 @@ class Connection(asyncio.Protocol):
         return True  # half-closed: the answers still go out, then the connection closes
 
     def on_message_begin(self) -> None:
-        self.request = _Request()
+        self.request = Request()
         if self.keepalive_wait or self.timer is None:
             # The header deadline runs from the first byte on a kept connection, from the accept on a new one.
             self._arm(self.front.limits.header_timeout, self._too_slow)
@@ -315,44 +296,12 @@ class Connection(asyncio.Protocol):
         if not self.pending or self.closing:
             return
         request = self.pending.popleft()
-        environ = self._environ(request)
+        environ = build_environ(self.base, request)
         front = self.front
         self.job = front.pool.submit(environ, self._done)
         self.job_timer = front.loop.call_later(front.limits.request_timeout, self._stuck)
         self.keep_alive = request.keep_alive
         self.head_only = request.method == b"HEAD"
-
-    def _environ(self, request: _Request) -> dict[str, Any]:
-        environ = dict(self.base)
-        path, _, query = request.url.partition(b"?")
-        if b"%" in path:
-            path = unquote_to_bytes(path)
-        body = request.body[0] if len(request.body) == 1 else b"".join(request.body)
-        environ.update(
-            REQUEST_METHOD=request.method.decode("ascii"), PATH_INFO=path.decode("latin-1"),
-            QUERY_STRING=query.decode("latin-1"), RAW_URI=request.url.decode("latin-1"),
-            SERVER_PROTOCOL=f"HTTP/{request.version}",
-        )
-        environ["wsgi.input"] = io.BytesIO(body)
-        names = _ENVIRON_NAMES
-        for name, value in request.headers:
-            key = names.get(name)
-            if key is None:
-                key = _environ_name(name)
-                if len(names) < 512:
-                    names[name] = key
-            if not key:
-                continue
-            text = value.decode("latin-1")
-            if key in environ:
-                environ[key] += "," + text
-            else:
-                environ[key] = text
-        # The body is whole: the application sees its length, however it was framed.
-        environ.pop("HTTP_TRANSFER_ENCODING", None)
-        if body or "CONTENT_LENGTH" in environ:
-            environ["CONTENT_LENGTH"] = str(len(body))
-        return environ
 
     def _done(self, job: Job, answer: Answer) -> None:
         if job is not self.job:
@@ -417,11 +366,3 @@ class Connection(asyncio.Protocol):
     def _write_expired(self) -> None:
         self.closing = True
         self.transport.abort()
-
-
-def _environ_name(name: bytes) -> str:
-    """``HTTP_*`` for a header; empty for one with an underscore (it would pass for its dashed twin)."""
-    if b"_" in name:
-        return ""
-    key = name.decode("latin-1").upper().replace("-", "_")
-    return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
