@@ -121,9 +121,18 @@ class JsonFormatter(logging.Formatter):
 
     RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
+    #: One encoder for every line (``json.dumps`` with ``default`` builds a new one per call).
+    ENCODER = json.JSONEncoder(default=str)
+    _second = -1
+    _second_text = ""
+
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:  # the date part changes once a second, not once a line
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": f"{self._second_text}.{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -131,13 +140,13 @@ class JsonFormatter(logging.Formatter):
         request_id = current_request_id()
         if request_id:
             entry["request_id"] = request_id
-        fields = vars(record)
-        for key in fields.keys() - self.RESERVED:
-            if not key.startswith("_"):
-                entry[key] = fields[key]
+        reserved = self.RESERVED
+        for key, value in vars(record).items():
+            if key not in reserved and not key.startswith("_"):
+                entry[key] = value
         if record.exc_info:
             entry["exception"] = record.exc_info[0].__name__ if record.exc_info[0] else None
-        return json.dumps(entry, default=str)
+        return self.ENCODER.encode(entry)
 
 
 class _StderrHandler(logging.StreamHandler):
