@@ -140,7 +140,7 @@ class PlainGunicorn:
         self.log = open(workdir / "plain-gunicorn.log", "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-w", str(WORKERS), "-k", "gthread", "--threads", "8",
-             "-b", f"127.0.0.1:{self.port}", "service.wsgi:app"],
+             "-b", f"127.0.0.1:{self.port}", "--no-control-socket", "service.wsgi:app"],
             env={**env, "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="smtpconf-metrics-")},
             stdout=self.log, stderr=self.log, start_new_session=True,
         )

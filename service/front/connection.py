@@ -96,6 +96,8 @@ class Connection(asyncio.Protocol):
         if front.tls is None:
             self._ready(transport)
         else:
+            # Nothing is read until the TLS layer is in place: a ClientHello read before would be lost to it.
+            transport.pause_reading()
             self.handshake = front.loop.create_task(self._handshake(transport, front.tls()))
 
     async def _handshake(self, transport: Any, context: ssl.SSLContext) -> None:

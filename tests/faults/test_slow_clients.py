@@ -223,3 +223,20 @@ def test_a_request_past_its_time_bound_is_answered_503_and_frees_its_thread(tmp_
         assert [answer.status_code for answer in answers] == [503] * 12
         assert all(answer.json()["code"] == "request_time_exceeded" for answer in answers)
         assert ordinary_requests_answered(running.url) == [200] * ORDINARY
+
+
+def test_a_body_over_the_fronts_cap_is_refused_before_it_is_read_and_headers_over_64_kib_too(server):
+    for head, status in (
+        (b"PUT /v1/smtp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 17000000\r\n\r\n", b"413"),
+        (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", b"431"),
+    ):
+        sock = connect(server.port)
+        try:
+            try:
+                sock.sendall(head)
+            except OSError:
+                pass  # the server may answer and close before the last bytes of a long head are sent
+            received = read_until_closed(sock, time.monotonic() + 5)
+            assert received is not None and received.startswith(b"HTTP/1.1 " + status + b" "), received
+        finally:
+            sock.close()
