@@ -58,6 +58,13 @@ class Front:
 class Connection(asyncio.Protocol):
     """HTTP/1.1 on one connection, requests answered in order; every wait on the client is bounded."""
 
+    # Thousands are held at once (idle keep-alives): no per-instance dict.
+    __slots__ = (
+        "front", "transport", "parser", "request", "pending", "job", "timer", "job_timer", "write_timer",
+        "window_size", "closing", "write_paused", "read_paused", "keepalive_wait", "eof", "keep_alive",
+        "head_only", "base", "handshake", "early",
+    )
+
     def __init__(self, front: Front) -> None:
         self.front = front
         self.transport: Any = None
