@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import ssl
 import sys
 from typing import Any, Callable
@@ -12,47 +11,9 @@ from typing import Any, Callable
 import httptools
 
 from service.front import responses
-from service.front.pool import Answer, AppPool, Job
+from service.front.pool import Answer, Job
 from service.front.request import MAX_HEAD_BYTES, Request, build_environ
-
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """How long and how much a client may take (``SMTPCONF_*``, see ``service.config``)."""
-
-    header_timeout: float
-    body_min_bytes_per_second: float
-    keepalive_timeout: float
-    request_timeout: float
-    write_timeout: float
-    max_connections: int
-    max_body_bytes: int
-
-
-class Front:
-    """What a worker's connections share: the app pool, the limits, the open connections, the clock."""
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, pool: AppPool, limits: Limits,
-        tls: Callable[[], ssl.SSLContext] | None = None,
-    ) -> None:
-        self.loop = loop
-        self.pool = pool
-        self.limits = limits
-        #: The TLS context for a new connection, or None for plain HTTP.
-        self.tls = tls
-        self.scheme = "http" if tls is None else "https"
-        self.connections: set[Connection] = set()
-        self.clock = responses.Clock()
-        self.draining = False
-
-    def drain(self) -> None:
-        """Stop taking requests: idle connections close now, the others after their response."""
-        self.draining = True
-        for connection in list(self.connections):
-            if connection.idle():
-                connection.close()
+from service.front.shared import Front
 
 
 class Connection(asyncio.Protocol):
@@ -62,7 +23,7 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "front", "transport", "parser", "request", "pending", "job", "timer", "job_timer", "write_timer",
         "window_size", "closing", "write_paused", "read_paused", "keepalive_wait", "eof", "keep_alive",
-        "head_only", "base", "handshake", "early",
+        "head_only", "base", "handshake", "early", "buffered", "job_size",
     )
 
     def __init__(self, front: Front) -> None:
@@ -86,6 +47,9 @@ class Connection(asyncio.Protocol):
         self.base: dict[str, Any] = {}
         self.handshake: asyncio.Task[None] | None = None
         self.early: list[bytes] = []
+        #: Body bytes this connection holds (the request being read, those waiting, the one running).
+        self.buffered = 0
+        self.job_size = 0
 
     # -- the connection's life ------------------------------------------------------------------------
 
@@ -149,6 +113,8 @@ class Connection(asyncio.Protocol):
                 timer.cancel()
         # A request still running finishes on its thread; its answer has nowhere to go and is dropped.
         self.job = None
+        self.front.buffered -= self.buffered
+        self.buffered = 0
 
     def idle(self) -> bool:
         """Waiting for a next request after an answer (a new connection's first request is still awaited)."""
@@ -198,7 +164,9 @@ class Connection(asyncio.Protocol):
             return
         except httptools.HttpParserError:
             request = self.request
-            if request is not None and request.too_large:
+            if request is not None and request.refused:
+                self._answer_and_close(responses.SERVER_BUSY)
+            elif request is not None and request.too_large:
                 self._answer_and_close(responses.HEADERS_TOO_LARGE if request.head_size > MAX_HEAD_BYTES
                                        else responses.TOO_LARGE)
             else:
@@ -275,6 +243,10 @@ class Connection(asyncio.Protocol):
         if request.size > self.front.limits.max_body_bytes:
             request.too_large = True
             raise httptools.HttpParserError("body too large")
+        if not self.front.hold(len(body)):
+            request.refused = True
+            raise httptools.HttpParserError("request bodies over the worker's budget")
+        self.buffered += len(body)
         request.body.append(body)
 
     def _body_check(self) -> None:
@@ -311,11 +283,18 @@ class Connection(asyncio.Protocol):
         self.job_timer = front.loop.call_later(front.limits.request_timeout, self._stuck)
         self.keep_alive = request.keep_alive
         self.head_only = request.method == b"HEAD"
+        self.job_size = request.size
+
+    def _release_job_body(self) -> None:
+        self.front.buffered -= self.job_size
+        self.buffered -= self.job_size
+        self.job_size = 0
 
     def _done(self, job: Job, answer: Answer) -> None:
         if job is not self.job:
             return  # abandoned, or the connection is gone
         self.job = None
+        self._release_job_body()
         if self.job_timer is not None:
             self.job_timer.cancel()
             self.job_timer = None
@@ -332,6 +311,7 @@ class Connection(asyncio.Protocol):
         self.job_timer = None
         if job is None:
             return
+        self._release_job_body()
         self.front.pool.abandon(job)
         self._write(responses.REQUEST_TOO_LONG, not self.keep_alive or self.front.draining)
 

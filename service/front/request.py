@@ -14,7 +14,9 @@ _ENVIRON_NAMES: dict[bytes, str] = {}
 class Request:
     """One request as the parser delivers it."""
 
-    __slots__ = ("url", "headers", "body", "size", "head_size", "too_large", "keep_alive", "method", "version")
+    __slots__ = (
+        "url", "headers", "body", "size", "head_size", "too_large", "refused", "keep_alive", "method", "version",
+    )
 
     def __init__(self) -> None:
         self.url = b""
@@ -23,6 +25,8 @@ class Request:
         self.size = 0
         self.head_size = 0
         self.too_large = False
+        #: Its body would pass the worker's budget for bodies held in memory.
+        self.refused = False
         self.keep_alive = True
         self.method = b""
         self.version = "1.1"

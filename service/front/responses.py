@@ -72,5 +72,6 @@ TOO_SLOW = problem(408, "client_too_slow", "The request's headers or body arrive
 TOO_LARGE = problem(413, "payload_too_large", "Request body too large")
 HEADERS_TOO_LARGE = problem(431, "headers_too_large", "The request's headers are too large")
 TOO_MANY_CONNECTIONS = problem(503, "too_many_connections", "The instance holds as many connections as it may")
+SERVER_BUSY = problem(503, "server_busy", "The instance holds as many request bodies in memory as it may")
 #: A request past the time bound: its body was read whole, so the connection stays usable.
 REQUEST_TOO_LONG = problem(503, "request_time_exceeded", "The request took longer than allowed", close=False)

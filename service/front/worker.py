@@ -13,7 +13,8 @@ from typing import Any
 from gunicorn.workers.base import Worker
 
 from service.config import Config
-from service.front.connection import Connection, Front, Limits
+from service.front.connection import Connection
+from service.front.shared import Front, Limits
 from service.front.pool import AppPool
 
 #: File descriptors a worker keeps for itself (database, secret managers, logs) beside its clients.
