@@ -57,8 +57,10 @@ class Connection(asyncio.Protocol):
         self.transport = transport
         front = self.front
         if len(front.connections) >= front.limits.max_connections:
-            # Refused at once: a client waiting in a queue that will not move is worse off than told so.
-            transport.write(responses.TOO_MANY_CONNECTIONS)
+            # Refused at once: a client waiting in a queue that will not move is worse off than told so
+            # (a TLS client, before its handshake, is told by the connection closing).
+            if front.tls is None:
+                transport.write(responses.TOO_MANY_CONNECTIONS)
             transport.close()
             self.closing = True
             return
@@ -77,14 +79,12 @@ class Connection(asyncio.Protocol):
             secure = await self.front.loop.start_tls(
                 transport, self, context, server_side=True, ssl_handshake_timeout=self.front.limits.header_timeout
             )
-        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError):
-            self.closing = True
+        except Exception:  # not TLS, a refused or timed-out handshake, or aborted at the deadline: all the same end
+            secure = None
+        self.handshake = None
+        if secure is None or self.closing:
             transport.abort()
             self.connection_lost(None)
-            return
-        finally:
-            self.handshake = None
-        if self.closing or secure is None:
             return
         self._ready(secure)
 
