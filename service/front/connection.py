@@ -178,8 +178,8 @@ class Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
-        if self.idle():
-            return None  # closes the transport
+        if self.idle() or self.front.tls is not None:
+            return None  # closes the transport (TLS has no half-closed state to keep)
         self.eof = True
         return True  # half-closed: the answers still go out, then the connection closes
 
