@@ -8,7 +8,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import http_service, propagation, serving_stacks, smtp_check_vs_smtplib, warmup, xoauth2_vs_smtplib
+from bench import (
+    http_service, propagation, serving_stacks, slow_clients, smtp_check_vs_smtplib, warmup, xoauth2_vs_smtplib,
+)
 from bench.harness import print_table, require_wrk
 
 SMTP_ROUNDS = 100
@@ -24,6 +26,7 @@ def main() -> int:
     figures += xoauth2_vs_smtplib.measure(SMTP_ROUNDS)
     figures += http_service.measure()
     figures += serving_stacks.measure()
+    figures += slow_clients.measure()
     figures += propagation.figures(50)
     figures += warmup.measure(WARMUP_LOAD_SECONDS)
     print(f"\n{len(figures)} figures in {time.monotonic() - started:.0f} s on loopback; other work on the machine "

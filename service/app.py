@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import time
 from typing import Any, Mapping
 from urllib.parse import parse_qsl
 
 import flask
-from flask import Flask, Response, g, request
+from flask import Flask
 from werkzeug.datastructures import ImmutableMultiDict
+from werkzeug.routing import Rule
 from werkzeug.utils import cached_property
 
 from providers.registry import ProviderRegistry
@@ -25,13 +25,7 @@ from service.db import Database
 from service.board import Board, board_path, private_board_path
 from service.propagation import Propagator
 from service.readiness import HealthBoard, Readiness
-from service.observability import (
-    HTTP_LATENCY,
-    HTTP_REQUESTS,
-    accept_request_id,
-    configure_logging,
-    set_request_id,
-)
+from service.observability import ENDPOINT_KEY, Observed, configure_logging
 from service.rotation_events import RotationEvents
 from service.oauth import TokenService
 from service.token_store import SharedTokens
@@ -56,6 +50,17 @@ class Request(flask.Request):
     @cached_property
     def args(self) -> ImmutableMultiDict[str, str]:
         return _parse_query(self.query_string)
+
+    @property
+    def url_rule(self) -> Rule | None:
+        return self.__dict__.get("url_rule")
+
+    @url_rule.setter
+    def url_rule(self, rule: Rule | None) -> None:
+        # Flask sets the matched rule here: the request log (``Observed``) names it as the endpoint.
+        self.__dict__["url_rule"] = rule
+        if rule is not None:
+            self.environ[ENDPOINT_KEY] = rule.rule
 
 
 @functools.lru_cache(maxsize=256)
@@ -160,13 +165,14 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     configure_logging(config.log_level)
     app = Flask(__name__, static_folder=None)
     app.request_class = Request
-    app.wsgi_app = ClientOrigin(DrainUnreadBody(app.wsgi_app), parse_networks(config.trusted_proxies))  # type: ignore[method-assign]
+    app.wsgi_app = ClientOrigin(  # type: ignore[method-assign]
+        Observed(DrainUnreadBody(app.wsgi_app)), parse_networks(config.trusted_proxies)
+    )
     # "//" in a path is part of a name (then refused as one), never a redirect to another resource.
     app.url_map.merge_slashes = False
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, TESTING=config.testing)
     app.extensions["smtpconf"] = build_services(config)
     register_error_handlers(app)
-    _register_request_hooks(app)
 
     from service.api import console, ops, secret_providers, secrets, smtp, tenants
 
@@ -177,37 +183,3 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(tenants.bp)
     app.register_blueprint(console.bp)
     return app
-
-
-def _register_request_hooks(app: Flask) -> None:
-    @app.before_request
-    def _start() -> None:
-        g.started = time.perf_counter()
-        g.request_id = accept_request_id(request.headers.get("X-Request-ID"))
-        g.request_id_token = set_request_id(g.request_id)
-
-    @app.after_request
-    def _finish(response: Response) -> Response:
-        response.headers["X-Request-ID"] = g.get("request_id", "")
-        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-        HTTP_REQUESTS.labels(request.method, endpoint, str(response.status_code)).inc()
-        HTTP_LATENCY.labels(endpoint).observe(elapsed)
-        log.info(
-            "request",
-            extra={
-                "method": request.method,
-                "path": request.path,
-                "status": response.status_code,
-                "duration_ms": round(elapsed * 1000, 2),
-                "principal": getattr(g.get("principal"), "name", None),
-                "client": request.remote_addr,
-            },
-        )
-        return response
-
-    @app.teardown_request
-    def _clear(_exc: BaseException | None) -> None:
-        token = g.pop("request_id_token", None)
-        if token is not None:
-            set_request_id(None)

@@ -150,8 +150,8 @@ def cmd_rotate_master_key(_args: argparse.Namespace) -> int:
 
 
 def run_gunicorn(bind: str, workers: int, tls: Any = None) -> None:
-    """Serve ``service.wsgi:app`` under gunicorn, metrics aggregated across workers; HTTPS with ``tls``
-    (a ``CertificateReloader``)."""
+    """Serve ``service.wsgi:app`` under gunicorn's master with the service's own front in each worker
+    (``service.front``), metrics aggregated across workers; HTTPS with ``tls`` (a ``CertificateReloader``)."""
     from gunicorn.app.base import BaseApplication
 
     global _reloader
@@ -176,7 +176,7 @@ def run_gunicorn(bind: str, workers: int, tls: Any = None) -> None:
         def load_config(self) -> None:
             self.cfg.set("bind", [bind])
             self.cfg.set("workers", workers)
-            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("worker_class", "service.front.worker.FrontWorker")
             self.cfg.set("threads", 8)
             self.cfg.set("timeout", 150)
             self.cfg.set("graceful_timeout", 10)
@@ -194,7 +194,6 @@ def run_gunicorn(bind: str, workers: int, tls: Any = None) -> None:
         def load(self) -> Any:
             from service.wsgi import app
 
-            _honour_connection_close()
             return app
 
     Server().run()
@@ -210,35 +209,12 @@ def _reloading_ssl_context(_conf: Any, _default_factory: Any) -> Any:
     return _reloader.context()
 
 
-def _honour_connection_close() -> None:
-    """Make gunicorn close the connection when the application answers ``Connection: close``.
-
-    gunicorn drops hop-by-hop headers from the application and would announce
-    keep-alive, then close anyway when a large unread body is left (see
-    ``service.body_drain``): the client's next request on that connection fails.
-    """
-    from gunicorn.http import wsgi
-
-    if getattr(wsgi.Response, "honours_connection_close", False):
-        return
-
-    class Response(wsgi.Response):  # type: ignore[misc,valid-type]
-        honours_connection_close = True
-
-        def process_headers(self, headers: list[tuple[str, str]]) -> None:
-            super().process_headers(headers)
-            if any(k.lower() == "connection" and v.strip().lower() == "close" for k, v in headers):
-                self.force_close()
-
-    wsgi.Response = Response
-
-
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="smtpconf", description="SMTP settings service")
     sub = top.add_subparsers(dest="command", required=True)
 
     for name, handler, text in (
-        ("serve", cmd_serve, "run the service under gunicorn"),
+        ("serve", cmd_serve, "run the service: gunicorn's master, the service's front in each worker"),
         ("dev", cmd_dev, "run on SQLite with a generated development key and printed tokens"),
     ):
         p = sub.add_parser(name, help=text)

@@ -66,6 +66,14 @@ class Config:
     trusted_proxies: str | None = None
     database_timeout_seconds: float = 5.0
     token_outage_grace_seconds: float = 300.0
+    #: The serving front (``service.front``): how long a client may take, and how many it may be.
+    header_timeout_seconds: float = 10.0
+    body_min_bytes_per_second: float = 1024.0
+    keepalive_timeout_seconds: float = 75.0
+    request_timeout_seconds: float = 120.0
+    write_timeout_seconds: float = 30.0
+    max_connections_per_worker: int = 10_000
+    max_request_body_bytes: int = 16 * 1024 * 1024
     testing: bool = False
 
     @classmethod
@@ -84,9 +92,14 @@ class Config:
         for name in ("fips_mode", "testing", "allow_plaintext_secrets"):
             if name in values:
                 values[name] = _as_bool(values[name])
-        if "rate_limit_per_minute" in values:
-            values["rate_limit_per_minute"] = _as_int("RATE_LIMIT_PER_MINUTE", values["rate_limit_per_minute"])
-        for name in ("secret_sync_interval_seconds", "database_timeout_seconds", "token_outage_grace_seconds"):
+        for name in ("rate_limit_per_minute", "max_connections_per_worker", "max_request_body_bytes"):
+            if name in values:
+                values[name] = _as_int(name.upper(), values[name])
+        for name in (
+            "secret_sync_interval_seconds", "database_timeout_seconds", "token_outage_grace_seconds",
+            "header_timeout_seconds", "body_min_bytes_per_second", "keepalive_timeout_seconds",
+            "request_timeout_seconds", "write_timeout_seconds",
+        ):
             if name in values:
                 values[name] = _as_float(name.upper(), values[name])
         values["database_url"] = normalise_database_url(str(values["database_url"]))

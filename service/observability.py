@@ -10,7 +10,7 @@ import re
 import sys
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -45,6 +45,12 @@ TOKEN_REQUESTS = Counter(
 )
 
 
+#: Where the routing and the authentication leave, in the WSGI environ, what the request log names.
+ENDPOINT_KEY = "smtpconf.endpoint"
+PRINCIPAL_KEY = "smtpconf.principal"
+log = logging.getLogger("smtpconf.http")
+
+
 def current_request_id() -> str | None:
     return _request_id.get()
 
@@ -60,14 +66,73 @@ def accept_request_id(header: str | None) -> str:
     return uuid.uuid4().hex
 
 
+class Observed:
+    """WSGI middleware: the request id, the request's metrics and its log line.
+
+    Outside Flask's request context on purpose: everything it needs is in the
+    environ and the status line, which costs a fraction of Flask's hooks on the
+    cheapest reads.
+    """
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+        self._counters: dict[tuple[str, str, str], Any] = {}
+        self._latencies: dict[str, Any] = {}
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        started = time.perf_counter()
+        request_id = accept_request_id(environ.get("HTTP_X_REQUEST_ID"))
+        token = _request_id.set(request_id)
+        statuses: list[str] = []
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], Any]:
+            statuses.append(status)
+            headers.append(("X-Request-ID", request_id))
+            return start_response(status, headers, exc_info)
+
+        try:
+            return self.app(environ, start)
+        finally:
+            self._record(environ, statuses[-1][:3] if statuses else "500", time.perf_counter() - started)
+            _request_id.reset(token)
+
+    def _record(self, environ: dict[str, Any], status: str, elapsed: float) -> None:
+        method = environ.get("REQUEST_METHOD", "")
+        endpoint = environ.get(ENDPOINT_KEY, "unmatched")
+        key = (method, endpoint, status)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = HTTP_REQUESTS.labels(method, endpoint, status)
+        counter.inc()
+        latency = self._latencies.get(endpoint)
+        if latency is None:
+            latency = self._latencies[endpoint] = HTTP_LATENCY.labels(endpoint)
+        latency.observe(elapsed)
+        if log.isEnabledFor(logging.INFO):
+            log.info("request", extra={
+                "method": method, "path": environ.get("PATH_INFO", ""), "status": int(status),
+                "duration_ms": round(elapsed * 1000, 2), "principal": environ.get(PRINCIPAL_KEY),
+                "client": environ.get("REMOTE_ADDR"),
+            })
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the request id of the request being served."""
 
-    RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+    RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+    #: One encoder for every line (``json.dumps`` with ``default`` builds a new one per call).
+    ENCODER = json.JSONEncoder(default=str)
+    _second = -1
+    _second_text = ""
 
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:  # the date part changes once a second, not once a line
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": f"{self._second_text}.{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -75,12 +140,13 @@ class JsonFormatter(logging.Formatter):
         request_id = current_request_id()
         if request_id:
             entry["request_id"] = request_id
+        reserved = self.RESERVED
         for key, value in vars(record).items():
-            if key not in self.RESERVED and not key.startswith("_"):
+            if key not in reserved and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = record.exc_info[0].__name__ if record.exc_info[0] else None
-        return json.dumps(entry, default=str)
+        return self.ENCODER.encode(entry)
 
 
 class _StderrHandler(logging.StreamHandler):

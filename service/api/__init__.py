@@ -21,6 +21,7 @@ from service.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from service.observability import PRINCIPAL_KEY
 from service.tokens import Principal
 from service.transport import secrets_may_travel
 
@@ -73,6 +74,7 @@ def requires(*roles: str) -> Callable[[F], F]:
             if roles and who.roles.isdisjoint(roles):
                 raise Forbidden(f"This needs one of the roles: {', '.join(roles)}.")
             g.principal = who
+            request.environ[PRINCIPAL_KEY] = who.name
             return view(*args, **kwargs)
 
         wrapper.required_roles = roles  # type: ignore[attr-defined]

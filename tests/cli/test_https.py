@@ -137,3 +137,33 @@ def test_a_certificate_that_does_not_load_stops_the_service_from_starting(tmp_pa
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "SMTPCONF_TLS_CERT_FILE" in done.stderr
+
+
+def test_failed_and_stalled_handshakes_are_closed_and_do_not_hold_connection_slots(tmp_path):
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert, key, _ = write_pair(ca, tmp_path, "served")
+    env = service_env(
+        f"sqlite:///{tmp_path / 'smtpconf.db'}", MASTER_KEY, SMTPCONF_TLS_CERT_FILE=str(cert),
+        SMTPCONF_TLS_KEY_FILE=str(key), SMTPCONF_MAX_CONNECTIONS_PER_WORKER="6", SMTPCONF_HEADER_TIMEOUT_SECONDS="1",
+    )
+    with RunningService(env, workers=1, log_path=tmp_path / "server.log", verify=str(ca_file)) as server:
+        # Six connections speak plain HTTP to the TLS port, six say nothing at all: each holds a slot for a while.
+        plain = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(6)]
+        silent = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(6)]
+        try:
+            for sock in plain:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            for sock in plain + silent:  # closed by the server: the failed handshake at once, the silent at the deadline
+                try:
+                    assert sock.recv(65536) == b""
+                except ConnectionResetError:
+                    pass
+            for _ in range(12):
+                response = requests.get(server.url + "/healthz", headers={"Connection": "close"}, verify=str(ca_file),
+                                        timeout=10)
+                assert response.status_code == 200
+        finally:
+            for sock in plain + silent:
+                sock.close()
