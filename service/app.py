@@ -168,13 +168,14 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     _register_request_hooks(app)
 
-    from service.api import console, ops, secret_providers, secrets, smtp, tenants
+    from service.api import console, messages, ops, secret_providers, secrets, smtp, tenants
 
     app.register_blueprint(ops.bp)
     app.register_blueprint(smtp.bp)
     app.register_blueprint(secret_providers.bp)
     app.register_blueprint(secrets.bp)
     app.register_blueprint(tenants.bp)
+    app.register_blueprint(messages.bp)
     app.register_blueprint(console.bp)
     return app
 
