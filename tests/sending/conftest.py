@@ -85,3 +85,16 @@ def closing_smtp_server(smtp_server_pool: Any) -> SmtpServer:
 @pytest.fixture(scope="session")
 def busy_smtp_server(smtp_server_pool: Any) -> SmtpServer:
     return smtp_server_pool.add(start_smtp_server(TemporaryRecipientHandler()))
+
+
+class SlowHandler(RecordingHandler):
+    """Takes half a second to accept each message, so that concurrent requests overlap."""
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        await asyncio.sleep(0.5)
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.fixture(scope="session")
+def slow_smtp_server(smtp_server_pool: Any) -> SmtpServer:
+    return smtp_server_pool.add(start_smtp_server(SlowHandler()))
