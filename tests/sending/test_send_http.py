@@ -107,6 +107,7 @@ def test_a_body_larger_than_64_kib_is_taken_on_the_message_routes_only(sending, 
     too_big = {**MESSAGE, "attachments": [{"filename": "a.bin", "content_base64": "A" * 600_000}]}
     response = client.post("/v1/messages", json=too_big, headers=tokens.headers("sender"))
     assert response.status_code == 413 and response.json["code"] == "payload_too_large"
+    assert str(512 * 1024) in response.json["detail"]
     padded = {**settings_for(plain_smtp_server), "from_name": "x" * 100, "padding": "y" * 70_000}
     assert client.put("/v1/smtp", json=padded, headers=tokens.headers("admin")).status_code == 413
     assert len(plain_smtp_server.messages) == 1
