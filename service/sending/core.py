@@ -244,7 +244,10 @@ class SendingCore:
         level = effective.scope
         credential = credentials.fetch(False)
         key = pool_key(settings, credential)
-        session = self.pool.checkout(level, key, settings)
+        try:
+            session = self.pool.checkout(level, key, settings)
+        except ValueError as exc:  # insecure_skip_verify saved before FIPS mode was turned on
+            raise UpstreamUnavailable(str(exc), reason="tls") from None
         refreshed = False
         retried_stale = False
         while True:
