@@ -160,7 +160,7 @@ def run_gunicorn(bind: str, workers: int, tls: Any = None) -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="smtpconf-metrics-")
     _reloader = tls
     if not os.environ.get("SMTPCONF_GENERATIONS_FILE") and not Config.load().database_url.startswith("sqlite"):
-        from service.propagation import Board
+        from service.board import Board
 
         # Created before any worker starts, and found by every worker through the
         # environment however gunicorn starts them (fork, re-exec on upgrade).
