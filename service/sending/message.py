@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 import re
 from datetime import UTC, datetime
 from email.headerregistry import Address as HeaderAddress
+from email import policy as email_policy
 from email.message import EmailMessage
 from email.utils import formataddr, format_datetime, getaddresses, make_msgid
 from typing import Any, Mapping
@@ -27,6 +29,9 @@ RESERVED_HEADERS = frozenset(
         "Received", "Return-Path",
     )
 )
+#: SMTP's policy, with every body part made 7-bit (quoted-printable or base64 where needed), so that
+#: a server without 8BITMIME takes it as it is.
+POLICY = email_policy.SMTP.clone(cte_type="7bit")
 #: The submission header that names a notification type (removed before relaying).
 NOTIFICATION_HEADER = "X-Notification-Type"
 MAX_RECIPIENTS = 500
@@ -60,8 +65,29 @@ class AttachmentSchema(Schema):
     content_base64 = fields.String(required=True, validate=_base64)
 
 
+@functools.lru_cache(maxsize=4096)
+def _address_problem(value: str) -> tuple[str, ...]:
+    """Why ``value`` is not an address (empty: it is one). Kept: senders mail the same addresses over and over."""
+    try:
+        check_address(value)
+    except ValidationError as exc:
+        return tuple(exc.messages)
+    return ()
+
+
+class _Recipient(Address):
+    """An address checked as in the settings, each distinct one once per process."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = fields.String._deserialize(self, value, attr, data, **kwargs)
+        problem = _address_problem(text)
+        if problem:
+            raise ValidationError(list(problem))
+        return text
+
+
 def _addresses(**kwargs: Any) -> fields.List:
-    return fields.List(Address(validate=validate.Length(max=320)), validate=validate.Length(max=MAX_RECIPIENTS), **kwargs)
+    return fields.List(_Recipient(validate=validate.Length(max=320)), validate=validate.Length(max=MAX_RECIPIENTS), **kwargs)
 
 
 class MessageSchema(Schema):
@@ -132,7 +158,7 @@ def load_request(document: Any) -> dict[str, Any]:
 def build(request: Mapping[str, Any], settings: Mapping[str, Any]) -> Outgoing:
     """The message a validated request asks for, with the effective settings' From, Reply-To, envelope and copies."""
     copies = _copies(settings, request["notification"])
-    message = EmailMessage()
+    message = EmailMessage(policy=POLICY)
     _identity(message, settings)
     reply_to = request["reply_to"] or settings.get("reply_to")
     if reply_to:
@@ -146,7 +172,9 @@ def build(request: Mapping[str, Any], settings: Mapping[str, Any]) -> Outgoing:
     for name, value in request["headers"].items():
         _put(message, name, value)
     text, html = request["text"], request["html"]
-    if text is not None:
+    if text is not None and html is None and not request["attachments"]:
+        _plain_text(message, text)
+    elif text is not None:
         message.set_content(text)
         if html is not None:
             message.add_alternative(html, subtype="html")
@@ -211,6 +239,19 @@ def _from(settings: Mapping[str, Any]) -> str | HeaderAddress:
     if not address.isascii():  # an internationalised domain: the policy encodes it
         return HeaderAddress(display_name=name, addr_spec=address)
     return formataddr((name, address)) if name else address
+
+
+def _plain_text(message: EmailMessage, text: str) -> None:
+    """A text/plain body, as ``set_content`` makes it; short ASCII lines (most notifications) without
+    parsing the content headers it would set, which costs more than the rest of the message."""
+    lines = text.encode("utf-8").splitlines()
+    if not text.isascii() or max((len(line) for line in lines), default=0) > message.policy.max_line_length:
+        message.set_content(text)
+        return
+    message.set_payload(b"\n".join(lines).decode("ascii") + "\n")
+    message.set_raw("Content-Type", 'text/plain; charset="utf-8"')
+    message.set_raw("Content-Transfer-Encoding", "7bit")
+    message.set_raw("MIME-Version", "1.0")
 
 
 def _put(message: EmailMessage, name: str, value: str | HeaderAddress) -> None:

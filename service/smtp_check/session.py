@@ -228,7 +228,9 @@ class Session:
                     raise SendFailure(_code_of(reply), "The server refused RSET.", reply, stage="rset")
                 self._dirty = False
             self._dirty = True
-            reply = self._connection.command(f"MAIL FROM:<{sender}>")
+            # A relayed message may carry 8-bit text (its client used 8BITMIME): say so where the server can take it.
+            body = " BODY=8BITMIME" if "8BITMIME" in self._offered and not payload.isascii() else ""
+            reply = self._connection.command(f"MAIL FROM:<{sender}>{body}")
             if reply.code != 250:
                 raise SendFailure(_code_of(reply, "sender_rejected"), f"The server refused the sender {sender}.", reply, stage=stage)
             stage = "rcpt_to"

@@ -323,3 +323,16 @@ def test_non_ascii_names_and_subjects_are_encoded_and_long_recipient_lists_folde
     assert message["From"].addresses[0].addr_spec == "noreply@example.com"
     assert message["Subject"] == "Grüße aus Zürich" and message["X-Note"] == "ä"
     assert [a.addr_spec for a in message["To"].addresses] == recipients
+
+
+def test_plain_text_bodies_arrive_as_written_whatever_their_characters_and_line_lengths(sending, plain_smtp_server):
+    app, client, tokens = sending(plain_smtp_server)
+    _configure(client, tokens, settings_for(plain_smtp_server))
+    bodies = ["short ascii\r\nlines\n.dot first\n", "Grüße, ünïcödé\n", "x" * 200 + "\nnext\n", "form\x0cfeed\n"]
+    for text in bodies:
+        assert client.post("/v1/messages", json={**MESSAGE, "text": text}, headers=tokens.headers("sender")).status_code == 200
+    for text, received in zip(bodies, plain_smtp_server.messages):
+        assert received.content.isascii()
+        message = received.message
+        assert message.get_content_type() == "text/plain" and message.get_content_charset() == "utf-8"
+        assert message.get_content().replace("\r\n", "\n") == text.replace("\r\n", "\n")
