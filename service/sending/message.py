@@ -19,7 +19,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 from service.errors import ValidationFailed
 from service.schemas import NOTIFICATION_TYPES, Address, check_address
 from service.smtp_check.errors import Failure
-from service.smtp_check.message import data_payload, one_line, wire_address
+from service.smtp_check.message import data_payload, dot_stuffed, one_line, wire_address
 
 #: Headers the service sets itself (or that only a mail server may set): a request may not name them.
 RESERVED_HEADERS = frozenset(
@@ -32,6 +32,8 @@ RESERVED_HEADERS = frozenset(
 #: SMTP's policy, with every body part made 7-bit (quoted-printable or base64 where needed), so that
 #: a server without 8BITMIME takes it as it is.
 POLICY = email_policy.SMTP.clone(cte_type="7bit")
+#: The Content-Type of a plain-text body, as ``set_content`` writes it.
+PLAIN_TEXT = 'text/plain; charset="utf-8"'
 #: The submission header that names a notification type (removed before relaying).
 NOTIFICATION_HEADER = "X-Notification-Type"
 MAX_RECIPIENTS = 500
@@ -117,6 +119,10 @@ class MessageSchema(Schema):
             raise ValidationError(f"At most {MAX_RECIPIENTS} recipients in all.", "to")
 
 
+#: One instance for every request: loading keeps no state in it, and building one costs more than a load.
+_SCHEMA = MessageSchema()
+
+
 @dataclasses.dataclass(frozen=True)
 class Outgoing:
     """A message ready for the wire: envelope sender, recipients (A-label domains) and the DATA bytes."""
@@ -133,7 +139,7 @@ def load_request(document: Any) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ValidationFailed(errors={"_schema": ["The body is a JSON object."]})
     try:
-        loaded = MessageSchema().load(document)
+        loaded = _SCHEMA.load(document)
     except ValidationError as exc:
         raise ValidationFailed(errors=exc.messages_dict) from None
     errors: dict[str, list[str]] = {}
@@ -249,7 +255,7 @@ def _plain_text(message: EmailMessage, text: str) -> None:
         message.set_content(text)
         return
     message.set_payload(b"\n".join(lines).decode("ascii") + "\n")
-    message.set_raw("Content-Type", 'text/plain; charset="utf-8"')
+    message.set_raw("Content-Type", PLAIN_TEXT)
     message.set_raw("Content-Transfer-Encoding", "7bit")
     message.set_raw("MIME-Version", "1.0")
 
@@ -283,4 +289,16 @@ def _outgoing(message: EmailMessage, settings: Mapping[str, Any], recipients: li
         wire = [wire_address(address, "recipient_rejected") for address in recipients]
     except Failure as failure:
         raise ValidationFailed(failure.message, errors={"to": [failure.message]}) from None
-    return Outgoing(sender, wire, data_payload(message), str(message["Message-ID"]), notification)
+    return Outgoing(sender, wire, _data(message), str(message["Message-ID"]), notification)
+
+
+def _data(message: EmailMessage) -> bytes:
+    """DATA for the message. A single 7-bit text/plain part (``_plain_text``) is flattened from its raw
+    headers, folded by the policy as the generator folds them, without the generator re-parsing
+    its Content-Type twice; anything else goes through the generator."""
+    if message.is_multipart() or message.get_all("Content-Type") != [PLAIN_TEXT] or message.get_all("Content-Transfer-Encoding") != ["7bit"]:
+        return data_payload(message)
+    policy = email_policy.SMTP
+    head = "".join(policy.fold(name, value) for name, value in message.raw_items())
+    body = "\r\n".join(str(message.get_payload()).split("\n"))
+    return dot_stuffed((head + "\r\n" + body).encode("ascii"))
