@@ -138,9 +138,8 @@ def build_services(config: Config) -> Services:
         board = Board(path)
     propagator = Propagator(db, board, poll_interval=config.secret_sync_interval_seconds, own_board=own_board)
     secrets = SecretsService(db, keyring, registry, propagator=propagator)
-    settings = SettingsService(db, sync=secrets.sync)
+    settings = SettingsService(db, propagator)
     writer = SettingsWriter(db, keyring, fips_mode=config.fips_mode, check_reference=secrets.check_reference)
-    secrets.on_settings_change(settings.forget)
     try:
         policy = DestinationPolicy.from_strings(config.smtp_allowed_ports, config.smtp_denied_networks)
     except ValueError as exc:

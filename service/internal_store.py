@@ -13,7 +13,6 @@ from service.crypto import DecryptionError, KeyRing
 from service.db import Database, InternalSecret, InternalSecretVersion, is_unavailable, iso_utc, utcnow
 from service.errors import Conflict, NotFound, ValidationFailed
 from service.propagation import announce, refetch
-from service.rotation import internal_secret_context
 from service.settings_model import scopes_whose_password
 
 NAME = re.compile(r"^(?!.*//)(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._/-]{0,255}(?<!/)$")
@@ -27,6 +26,11 @@ def check_name(name: str) -> str:
         raise NotFound("No such secret: names are letters, digits, '.', '_', '-' and '/'.", code="secret_not_found")
     return name
 
+
+
+def internal_secret_context(name: str, version: int) -> str:
+    """Associated data binding an internal secret value to its name and version."""
+    return f"internal_secret:{name}:{version}"
 
 class InternalStore:
     """CRUD on internal secrets; values never leave except through ``read``."""

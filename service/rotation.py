@@ -7,13 +7,9 @@ import sqlalchemy as sa
 from service import audit
 from service.crypto import KeyRing
 from service.db import Database, InternalSecretVersion, SmtpSettings
+from service.internal_store import internal_secret_context
 from service.oauth_flows import SECRET_FIELDS
 from service.settings_model import auth_secret_context, plaintext_context
-
-
-def internal_secret_context(name: str, version: int) -> str:
-    """Associated data binding an internal secret value to its name and version."""
-    return f"internal_secret:{name}:{version}"
 
 
 def rotate_master_key(db: Database, keyring: KeyRing, actor: str = "cli") -> dict[str, int]:

@@ -108,7 +108,6 @@ class SecretsService:
         # cannot be reused by another object while the entry lives.
         self._plans: dict[int, tuple[Mapping[str, Any], Plan]] = {}
         self._providers: dict[str, tuple[int, SecretProvider]] = {}
-        self._settings_listeners: list[Callable[[], None]] = []
         propagator.subscribe(self._apply)
 
     # coherence across workers and instances
@@ -126,13 +125,6 @@ class SecretsService:
             self.cache.invalidate()
         elif applied.connection_slots or applied.secret_slots:
             self.cache.invalidate(match=lambda key: applied.selects(key.provider, key.secret))
-        if applied.settings:
-            for listener in self._settings_listeners:
-                listener()
-
-    def on_settings_change(self, listener: Callable[[], None]) -> None:
-        """Call ``listener`` when settings changed (through any worker or instance)."""
-        self._settings_listeners.append(listener)
 
     def refetch_everywhere(
         self,

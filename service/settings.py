@@ -5,12 +5,14 @@ from __future__ import annotations
 import collections
 import json
 import threading
-from typing import Any, Callable
+from typing import Any
 
 import sqlalchemy as sa
 
+from service.board import Applied
 from service.db import Database, SmtpSettings, is_unavailable, iso_utc
 from service.errors import DatabaseUnavailable
+from service.propagation import Propagator
 from service.settings_model import (
     PASSWORD_AUTH,
     SYSTEM_SCOPE,
@@ -46,9 +48,10 @@ class SettingsService:
     level (``get``) always ask the database.
     """
 
-    def __init__(self, db: Database, *, sync: Callable[[], None]) -> None:
+    def __init__(self, db: Database, propagator: Propagator) -> None:
         self.db = db
-        self.sync = sync
+        self.sync = propagator.poll
+        propagator.subscribe(self._apply)
         self._lock = threading.Lock()
         self._rows_flight = threading.Lock()
         # The table as last read (None: not read since the last change). When it
@@ -63,6 +66,10 @@ class SettingsService:
         # served (marked stale) when the database cannot be read again.
         self._last_rows: tuple[dict[str, StoredSettings | None], bool] | None = None
         self._last_effective: collections.OrderedDict[str | None, Effective] = collections.OrderedDict()
+
+    def _apply(self, applied: Applied) -> None:
+        if applied.settings:
+            self.forget()
 
     def forget(self) -> None:
         """Drop the kept rows and effective documents (settings changed somewhere)."""

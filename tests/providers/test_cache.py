@@ -565,6 +565,36 @@ def test_past_the_ttl_a_hung_manager_costs_a_request_at_most_the_stale_wait(mana
     assert cache.stats()["fetches"] == 2  # one fetch for all five
 
 
+def test_outcomes_say_degraded_as_soon_as_a_hung_fetch_makes_stale_serve_and_ok_after_a_success(
+    mono: FakeClock, wall: FakeClock, manager: FakeManager
+) -> None:
+    cache = SecretCache(clock=mono, wall=wall, stale_wait=0.01, failure_backoff=1.0)
+    outcomes: list[tuple[str, str, str | None]] = []
+    cache.on_outcome = lambda provider, status, code: outcomes.append((provider, status, code))
+    cache.resolve(KEY, manager, ttl=60, max_stale=3600)
+    assert outcomes == [("vault-prod", "ok", None)]
+    hung = threading.Event()
+
+    def hung_fetch() -> SecretValue:
+        assert hung.wait(WAIT)
+        raise ProviderUnavailable("vault-prod timed out")
+
+    advance(mono, wall, 61)
+    try:
+        stale = cache.resolve(KEY, hung_fetch, ttl=60, max_stale=3600)
+        # Said while the fetch still hangs, not when its client times out.
+        assert outcomes[1:] == [("vault-prod", "degraded", ProviderUnavailable.code)]
+    finally:
+        hung.set()
+    assert stale.stale
+    wait_until(lambda: len(outcomes) == 3)
+    assert outcomes[2] == ("vault-prod", "degraded", ProviderUnavailable.code)
+    advance(mono, wall, 2)  # past the failure backoff
+    # Waits for the fetch (no stale answer can win a race with it).
+    assert cache.resolve(KEY, manager, ttl=60, max_stale=3600, refresh=True).stale is False
+    assert outcomes[-1] == ("vault-prod", "ok", None)
+
+
 def test_generation_increments_on_every_invalidate(cache: SecretCache) -> None:
     assert cache.generation == 0
     cache.invalidate()
