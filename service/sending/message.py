@@ -178,20 +178,19 @@ def build(request: Mapping[str, Any], settings: Mapping[str, Any]) -> Outgoing:
     for name, value in request["headers"].items():
         _put(message, name, value)
     text, html = request["text"], request["html"]
-    if text is not None and html is None and not request["attachments"]:
-        _plain_text(message, text)
-    elif text is not None:
+    plain = text is not None and html is None and not request["attachments"] and _plain_text(message, text)
+    if text is not None and not plain:
         message.set_content(text)
         if html is not None:
             message.add_alternative(html, subtype="html")
-    else:
+    elif text is None:
         message.set_content(html, subtype="html")
     for attachment in request["attachments"]:
         maintype, _, subtype = attachment["content_type"].partition("/")
         data = base64.b64decode(attachment["content_base64"])
         message.add_attachment(data, maintype=maintype, subtype=subtype, filename=attachment["filename"])
     recipients = _unique([*request["to"], *cc, *request["bcc"], *copies[1]])
-    return _outgoing(message, settings, recipients, request["notification"])
+    return _outgoing(message, settings, recipients, request["notification"], plain=plain)
 
 
 def rewrite(message: EmailMessage, recipients: list[str], settings: Mapping[str, Any]) -> Outgoing:
@@ -247,17 +246,18 @@ def _from(settings: Mapping[str, Any]) -> str | HeaderAddress:
     return formataddr((name, address)) if name else address
 
 
-def _plain_text(message: EmailMessage, text: str) -> None:
-    """A text/plain body, as ``set_content`` makes it; short ASCII lines (most notifications) without
-    parsing the content headers it would set, which costs more than the rest of the message."""
+def _plain_text(message: EmailMessage, text: str) -> bool:
+    """A text/plain body of short ASCII lines (most notifications) as ``set_content`` makes it, without
+    parsing the content headers it would set, which costs more than the rest of the message; False
+    (nothing set) for any other text."""
     lines = text.encode("utf-8").splitlines()
     if not text.isascii() or max((len(line) for line in lines), default=0) > message.policy.max_line_length:
-        message.set_content(text)
-        return
+        return False
     message.set_payload(b"\n".join(lines).decode("ascii") + "\n")
     message.set_raw("Content-Type", PLAIN_TEXT)
     message.set_raw("Content-Transfer-Encoding", "7bit")
     message.set_raw("MIME-Version", "1.0")
+    return True
 
 
 def _put(message: EmailMessage, name: str, value: str | HeaderAddress) -> None:
@@ -283,21 +283,21 @@ def _unique(addresses: list[str]) -> list[str]:
     return list(first.values())
 
 
-def _outgoing(message: EmailMessage, settings: Mapping[str, Any], recipients: list[str], notification: str | None) -> Outgoing:
+def _outgoing(
+    message: EmailMessage, settings: Mapping[str, Any], recipients: list[str], notification: str | None, *, plain: bool = False
+) -> Outgoing:
     try:
         sender = wire_address(str(settings.get("envelope_from") or settings["from_email"]), "sender_rejected")
         wire = [wire_address(address, "recipient_rejected") for address in recipients]
     except Failure as failure:
         raise ValidationFailed(failure.message, errors={"to": [failure.message]}) from None
-    return Outgoing(sender, wire, _data(message), str(message["Message-ID"]), notification)
+    payload = _flattened_plain(message) if plain else data_payload(message)
+    return Outgoing(sender, wire, payload, str(message["Message-ID"]), notification)
 
 
-def _data(message: EmailMessage) -> bytes:
-    """DATA for the message. A single 7-bit text/plain part (``_plain_text``) is flattened from its raw
-    headers, folded by the policy as the generator folds them, without the generator re-parsing
-    its Content-Type twice; anything else goes through the generator."""
-    if message.is_multipart() or message.get_all("Content-Type") != [PLAIN_TEXT] or message.get_all("Content-Transfer-Encoding") != ["7bit"]:
-        return data_payload(message)
+def _flattened_plain(message: EmailMessage) -> bytes:
+    """DATA for a message ``_plain_text`` made: its raw headers folded by the policy as the generator
+    folds them, without the generator parsing its Content-Type twice over."""
     policy = email_policy.SMTP
     head = "".join(policy.fold(name, value) for name, value in message.raw_items())
     body = "\r\n".join(str(message.get_payload()).split("\n"))
