@@ -32,6 +32,8 @@ from service.token_store import SharedTokens
 from service.secrets import SecretsService
 from service.settings import SettingsService
 from service.settings_writes import SettingsWriter
+from service import smtp_check
+from service.sending import DeliveryLog, Pool, SendingCore
 from service.smtp_check import DestinationPolicy
 from service.tokens import Authenticator
 from service.transport import ClientOrigin, parse_networks
@@ -89,8 +91,11 @@ class Services:
     credentials: CredentialPath
     health: Readiness
     settings_writer: SettingsWriter
+    sending: SendingCore
 
     def close(self) -> None:
+        self.sending.pool.close()
+        self.sending.deliveries.close()
         self.secrets.close()
         self.health.board.close()
         self.propagator.close()
@@ -151,11 +156,17 @@ def build_services(config: Config) -> Services:
         settings, secrets, credentials, policy, fips_mode=config.fips_mode, rate_limit=config.rate_limit_per_minute
     )
     authenticate = Authenticator(db, outage_grace=config.token_outage_grace_seconds)
+    sending = SendingCore(
+        settings,
+        credentials,
+        Pool(policy, smtp_check.default_resolver, fips_mode=config.fips_mode),
+        DeliveryLog(db, retention_days=config.delivery_log_days),
+    )
     propagator.start()
     db.watch()
     return Services(
         config, db, keyring, registry, settings, secrets, checks, authenticate, RotationEvents(db, secrets), propagator,
-        credentials, Readiness(secrets, HealthBoard(f"{path}.health")), writer,
+        credentials, Readiness(secrets, HealthBoard(f"{path}.health")), writer, sending=sending,
     )
 
 
@@ -174,12 +185,13 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["smtpconf"] = build_services(config)
     register_error_handlers(app)
 
-    from service.api import console, ops, secret_providers, secrets, smtp, tenants
+    from service.api import console, messages, ops, secret_providers, secrets, smtp, tenants
 
     app.register_blueprint(ops.bp)
     app.register_blueprint(smtp.bp)
     app.register_blueprint(secret_providers.bp)
     app.register_blueprint(secrets.bp)
     app.register_blueprint(tenants.bp)
+    app.register_blueprint(messages.bp)
     app.register_blueprint(console.bp)
     return app

@@ -74,6 +74,10 @@ class Config:
     write_timeout_seconds: float = 30.0
     max_connections_per_worker: int = 10_000
     max_request_body_bytes: int = 16 * 1024 * 1024
+    #: Days the delivery log keeps a row.
+    delivery_log_days: int = 30
+    #: The largest body the message routes take (every other route: 64 KiB).
+    message_max_bytes: int = 10 * 1024 * 1024
     testing: bool = False
 
     @classmethod
@@ -95,6 +99,11 @@ class Config:
         for name in ("rate_limit_per_minute", "max_connections_per_worker", "max_request_body_bytes"):
             if name in values:
                 values[name] = _as_int(name.upper(), values[name])
+        for name in ("delivery_log_days", "message_max_bytes"):
+            if name in values:
+                values[name] = _as_int(name.upper(), values[name])
+                if values[name] < 1:
+                    raise ConfigError(f"SMTPCONF_{name.upper()} must be at least 1")
         for name in (
             "secret_sync_interval_seconds", "database_timeout_seconds", "token_outage_grace_seconds",
             "header_timeout_seconds", "body_min_bytes_per_second", "keepalive_timeout_seconds",

@@ -118,6 +118,14 @@ class DatabaseUnavailable(ApiError):
         super().__init__(detail or "The database cannot be reached now; try again shortly.", headers=headers, **kwargs)
 
 
+class TenantNotAllowed(ApiError):
+    """A token restricted to tenants asked for another tenant or for the system level."""
+
+    status = 403
+    code = "tenant_not_allowed"
+    title = "This token may not act for this tenant"
+
+
 class PasswordUnavailable(ApiError):
     status = 503
     code = "password_unavailable"

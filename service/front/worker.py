@@ -42,7 +42,8 @@ def limits(config: Config, open_files: int) -> Limits:
         request_timeout=config.request_timeout_seconds,
         write_timeout=config.write_timeout_seconds,
         max_connections=max(1, min(config.max_connections_per_worker, open_files - RESERVED_FDS)),
-        max_body_bytes=config.max_request_body_bytes,
+        # The app refuses per route; the front must never cut off a message the message routes accept.
+        max_body_bytes=max(config.max_request_body_bytes, config.message_max_bytes + 64 * 1024),
     )
 
 

@@ -79,5 +79,10 @@ def test_message(
 
 def data_payload(message: EmailMessage) -> bytes:
     """The message as DATA sends it: CRLF lines, leading dots doubled, ending in CRLF."""
-    payload = re.sub(rb"(?m)^\.", b"..", message.as_bytes(policy=email_policy.SMTP))
+    return dot_stuffed(message.as_bytes(policy=email_policy.SMTP))
+
+
+def dot_stuffed(flattened: bytes) -> bytes:
+    """A message already flattened with CRLF lines, as DATA sends it: leading dots doubled, ending in CRLF."""
+    payload = re.sub(rb"(?m)^\.", b"..", flattened)
     return payload if payload.endswith(b"\r\n") else payload + b"\r\n"
