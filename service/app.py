@@ -33,6 +33,8 @@ from service.rotation_events import RotationEvents
 from service.oauth import TokenService
 from service.secrets import SecretsService
 from service.settings import SettingsService
+from service import smtp_check
+from service.sending import CredentialAdapter, DeliveryLog, Pool, SendingCore
 from service.smtp_check import DestinationPolicy
 from service.tokens import Authenticator
 from service.transport import ClientOrigin, parse_networks
@@ -76,8 +78,10 @@ class Services:
     authenticate: Authenticator
     events: RotationEvents
     propagator: Propagator
+    sending: SendingCore
 
     def close(self) -> None:
+        self.sending.pool.close()
         self.secrets.close()
         self.propagator.close()
         self.db.close()
@@ -137,10 +141,16 @@ def build_services(config: Config) -> Services:
     secrets.tokens = TokenService(policy)
     checks = CheckService(settings, secrets, policy, fips_mode=config.fips_mode, rate_limit=config.rate_limit_per_minute)
     authenticate = Authenticator(db, outage_grace=config.token_outage_grace_seconds)
+    sending = SendingCore(
+        settings,
+        CredentialAdapter(secrets),
+        Pool(policy, smtp_check.default_resolver, fips_mode=config.fips_mode),
+        DeliveryLog(db, retention_days=config.delivery_log_days),
+    )
     propagator.start()
     db.watch()
     return Services(
-        config, db, keyring, registry, settings, secrets, checks, authenticate, RotationEvents(db, secrets), propagator
+        config, db, keyring, registry, settings, secrets, checks, authenticate, RotationEvents(db, secrets), propagator, sending
     )
 
 

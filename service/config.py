@@ -45,6 +45,8 @@ def _as_float(name: str, value: Any) -> float:
 
 
 _POSITIVE_INTEGERS = (
+    "delivery_log_days",
+    "message_max_bytes",
     "submission_max_bytes",
     "submission_max_recipients",
     "submission_max_connections",
@@ -84,6 +86,10 @@ class Config:
     submission_max_connections_per_client: int = 20
     submission_messages_per_minute: int = 600
     submission_idle_seconds: float = 300.0
+    #: Days the delivery log keeps a row.
+    delivery_log_days: int = 30
+    #: The largest body the message routes take (every other route: 64 KiB).
+    message_max_bytes: int = 10 * 1024 * 1024
     testing: bool = False
 
     @classmethod
