@@ -11,9 +11,11 @@ import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
-from service.config import Config, ConfigError
+from service.config import Config, ConfigError, parse_bind
 
 DEV_KEY_FILE = Path("var") / "dev-master.key"
+#: Where ``smtpconf dev`` (``make run``) runs the SMTP submission server unless SMTPCONF_SUBMISSION_BIND says.
+DEV_SUBMISSION_BIND = "127.0.0.1:2525"
 
 
 def _services() -> Any:
@@ -83,6 +85,8 @@ def cmd_submission(args: argparse.Namespace) -> int:
     from service.submission.server import run
 
     config = Config.load({"submission_bind": args.bind} if args.bind else None)
+    if not config.submission_bind:
+        raise ConfigError("SMTPCONF_SUBMISSION_BIND is not set (HOST:PORT, e.g. 0.0.0.0:587), nor --bind")
     configure_logging(config.log_level)
     KeyRing.from_config(config)
     if not args.watch_stdin and not _upgrade_in_child(config.database_url):
@@ -157,18 +161,41 @@ def cmd_dev(args: argparse.Namespace) -> int:
             f"!! Losing this file loses every stored password.\n{line}",
             file=sys.stderr,
         )
+    os.environ.setdefault("SMTPCONF_SUBMISSION_BIND", DEV_SUBMISSION_BIND)
     config = Config.load()
     db = Database(config.database_url)
     db.upgrade()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     print(f"database: {config.database_url}")
-    for name, roles in (("admin", ["admin"]), ("security", ["security"]), ("sender", ["secret-reader", "reader"])):
-        token = create_token(db, f"dev-{name}-{stamp}", roles)
-        print(f"{name + ' token':<16} ({', '.join(roles)}): {token}")
+    tokens = {}
+    for name, roles in (
+        ("admin", ["admin"]), ("security", ["security"]), ("sender", ["secret-reader", "reader"]), ("mailer", ["sender"]),
+    ):
+        tokens[name] = create_token(db, f"dev-{name}-{stamp}", roles)
+        print(f"{name + ' token':<16} ({', '.join(roles)}): {tokens[name]}")
     tls = _tls_files(config)
+    submission = _submission_beside(config)
+    if submission is not None:
+        print(_dev_submission_hint(config, tokens["mailer"]))
     print(f"serving on http{'s' if tls else ''}://{args.bind}  (Ctrl-C stops)", flush=True)
-    run_gunicorn(args.bind, args.workers, tls=tls)
+    try:
+        run_gunicorn(args.bind, args.workers, tls=tls)
+    finally:
+        if submission is not None:
+            submission.stop()
     return 0
+
+
+def _dev_submission_hint(config: Config, token: str) -> str:
+    host, port = parse_bind(str(config.submission_bind), "SUBMISSION_BIND")
+    return (
+        f"SMTP submission on {config.submission_bind} (AUTH: the tenant id, or * for the system level, and the mailer"
+        f" token). Once settings are saved, send a test mail with:\n"
+        f"  swaks --server {host} --port {port} --auth PLAIN --auth-user '*' --auth-password {token} \\\n"
+        f"        --from you@example.com --to someone@example.com\n"
+        f"  python3 -c 'import smtplib; c = smtplib.SMTP(\"{host}\", {port}); c.login(\"*\", \"{token}\");"
+        f" c.sendmail(\"you@example.com\", [\"someone@example.com\"], \"Subject: test\\r\\n\\r\\nhello\\r\\n\"); c.quit()'"
+    )
 
 
 def cmd_rotate_master_key(_args: argparse.Namespace) -> int:
