@@ -11,7 +11,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
-from service.config import Config, ConfigError, parse_bind
+from service.config import Config, ConfigError
 
 DEV_KEY_FILE = Path("var") / "dev-master.key"
 #: Where ``smtpconf dev`` (``make run``) runs the SMTP submission server unless SMTPCONF_SUBMISSION_BIND says.
@@ -176,7 +176,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     tls = _tls_files(config)
     submission = _submission_beside(config)
     if submission is not None:
-        print(_dev_submission_hint(config, tokens["mailer"]))
+        from service.submission.server import how_to_send
+
+        print(how_to_send(config, tokens["mailer"]))
     print(f"serving on http{'s' if tls else ''}://{args.bind}  (Ctrl-C stops)", flush=True)
     try:
         run_gunicorn(args.bind, args.workers, tls=tls)
@@ -184,18 +186,6 @@ def cmd_dev(args: argparse.Namespace) -> int:
         if submission is not None:
             submission.stop()
     return 0
-
-
-def _dev_submission_hint(config: Config, token: str) -> str:
-    host, port = parse_bind(str(config.submission_bind), "SUBMISSION_BIND")
-    return (
-        f"SMTP submission on {config.submission_bind} (AUTH: the tenant id, or * for the system level, and the mailer"
-        f" token). Once settings are saved, send a test mail with:\n"
-        f"  swaks --server {host} --port {port} --auth PLAIN --auth-user '*' --auth-password {token} \\\n"
-        f"        --from you@example.com --to someone@example.com\n"
-        f"  python3 -c 'import smtplib; c = smtplib.SMTP(\"{host}\", {port}); c.login(\"*\", \"{token}\");"
-        f" c.sendmail(\"you@example.com\", [\"someone@example.com\"], \"Subject: test\\r\\n\\r\\nhello\\r\\n\"); c.quit()'"
-    )
 
 
 def cmd_rotate_master_key(_args: argparse.Namespace) -> int:

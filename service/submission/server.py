@@ -48,6 +48,19 @@ def implicit_tls_context(reloader: CertificateReloader) -> ssl.SSLContext:
     return listening
 
 
+def how_to_send(config: Config, token: str) -> str:
+    """What ``smtpconf dev`` prints: how to send a test mail through the submission server with ``token``."""
+    host, port = parse_bind(str(config.submission_bind), "SUBMISSION_BIND")
+    return (
+        f"SMTP submission on {config.submission_bind} (AUTH: the tenant id, or * for the system level, and the mailer"
+        f" token). Once settings are saved, send a test mail with:\n"
+        f"  swaks --server {host} --port {port} --auth PLAIN --auth-user '*' --auth-password {token} \\\n"
+        f"        --from you@example.com --to someone@example.com\n"
+        f"  python3 -c 'import smtplib; c = smtplib.SMTP(\"{host}\", {port}); c.login(\"*\", \"{token}\");"
+        f" c.sendmail(\"you@example.com\", [\"someone@example.com\"], \"Subject: test\\r\\n\\r\\nhello\\r\\n\"); c.quit()'"
+    )
+
+
 class SubmissionServer:
     """The submission server of one process, on the event loop that ``run`` drives."""
 

@@ -101,3 +101,35 @@ def test_submission_alone_refuses_to_start_without_a_bind(tmp_path):
                           timeout=60)
     assert done.returncode == 2
     assert "SMTPCONF_SUBMISSION_BIND" in done.stderr
+
+
+def test_dev_starts_a_submission_server_and_says_how_to_send_to_it(tmp_path):
+    import smtplib
+
+    from service.cli import DEV_SUBMISSION_BIND
+
+    assert DEV_SUBMISSION_BIND == "127.0.0.1:2525"
+    port = free_port()
+    env = submission_env(f"sqlite:///{tmp_path / 'smtpconf.db'}", MASTER_KEY, write_certificate(
+        __import__("trustme").CA(), tmp_path, "localhost"), SMTPCONF_SUBMISSION_BIND=f"{LOOPBACK}:{port}")
+    env.pop("SMTPCONF_TLS_CERT_FILE")
+    env.pop("SMTPCONF_TLS_KEY_FILE")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "dev", "--bind", f"{LOOPBACK}:{free_port()}"], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+    )
+    try:
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("serving on"):
+                break
+        output = "".join(lines)
+        mailer = next(line.split(": ")[-1].strip() for line in lines if line.startswith("mailer token"))
+        assert f"swaks --server {LOOPBACK} --port {port} --auth PLAIN --auth-user '*' --auth-password {mailer}" in output
+        wait_until(lambda: listening(port))
+        with smtplib.SMTP(LOOPBACK, port, timeout=30) as client:
+            assert client.login("*", mailer)[0] == 235
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=40)
