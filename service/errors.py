@@ -124,3 +124,15 @@ class TenantNotAllowed(ApiError):
     status = 403
     code = "tenant_not_allowed"
     title = "This token may not act for this tenant"
+
+
+class PasswordUnavailable(ApiError):
+    status = 503
+    code = "password_unavailable"
+    title = "The SMTP password cannot be resolved"
+
+
+class TokenUnavailable(ApiError):
+    status = 503
+    code = "token_unavailable"
+    title = "No OAuth2 access token can be obtained"

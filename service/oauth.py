@@ -61,6 +61,10 @@ class TokenError(Exception):
         self.oauth_error = oauth_error
 
 
+class TokenDenied(TokenError):
+    """The token endpoint is refused by the destination policy: a setting to change, not an outage."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Token:
     """An access token; the value never appears in the repr."""
@@ -141,7 +145,7 @@ class PolicedSession(requests.Session):
         for address in addresses:
             network = self.policy.denied_network(address)
             if network is not None:
-                raise TokenError(f"The token endpoint {host} ({address}) is in the denied network {network}.")
+                raise TokenDenied(f"The token endpoint {host} ({address}) is in the denied network {network}.")
 
 
 def _oauth_failure(body: Any, status: int) -> TokenError:

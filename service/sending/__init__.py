@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from service.sending.core import Delivery, SendingCore
-from service.sending.credential import CredentialAdapter
 from service.sending.pool import Pool
 from service.sending.store import DeliveryLog
 
-__all__ = ["CredentialAdapter", "Delivery", "DeliveryLog", "Pool", "SendingCore"]
+__all__ = ["Delivery", "DeliveryLog", "Pool", "SendingCore"]

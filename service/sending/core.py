@@ -14,10 +14,9 @@ import sqlalchemy as sa
 
 from service import smtp_check
 from service.db import is_unavailable
-from service.errors import ApiError, DatabaseUnavailable, Forbidden
+from service.credentials import CredentialPath
+from service.errors import ApiError, DatabaseUnavailable, Forbidden, PasswordUnavailable, TokenUnavailable
 from service.observability import MESSAGES
-from service.secrets import PasswordUnavailable, TokenUnavailable
-from service.sending.credential import CredentialAdapter
 from service.sending.errors import (
     IdempotencyInProgress,
     IdempotencyKeyReused,
@@ -90,7 +89,10 @@ class _Credentials:
         except smtp_check.TokenUnavailable as exc:
             if exc.code == "password_unavailable":
                 raise PasswordUnavailable(exc.message, headers={"Retry-After": "30"}) from None
-            raise TokenUnavailable(exc.message, extra={"oauth_error": exc.oauth_error}, headers={"Retry-After": "30"}) from None
+            extra: dict[str, Any] = {"oauth_error": exc.oauth_error}
+            if exc.code == "destination_not_allowed":
+                extra["reason"] = exc.code  # the token endpoint is in a denied network: no use retrying
+            raise TokenUnavailable(exc.message, extra=extra, headers={"Retry-After": "30"}) from None
         assert self.current is not None
         self.masked += [self.current.value, b64(self.current.value)]
         return self.current
@@ -108,7 +110,7 @@ class SendingCore:
     def __init__(
         self,
         settings: SettingsService,
-        credentials: CredentialAdapter,
+        credentials: CredentialPath,
         pool: Pool,
         deliveries: DeliveryLog,
     ) -> None:

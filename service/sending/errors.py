@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.errors import ApiError, Conflict, TenantNotAllowed, ValidationFailed
-from service.secrets import PasswordUnavailable, TokenUnavailable
+from service.errors import ApiError, Conflict, PasswordUnavailable, TenantNotAllowed, TokenUnavailable, ValidationFailed
 
 __all__ = [
     "IdempotencyInProgress",
