@@ -21,10 +21,10 @@ _names = itertools.count(1)
 class Lab:
     """One database shared by the test process (settings, tokens) and the submission processes it starts."""
 
-    def __init__(self, directory: Path, ca: trustme.CA, allowed_ports: list[int]) -> None:
+    def __init__(self, directory: Path, ca: trustme.CA, allowed_ports: list[int], database_url: str | None = None) -> None:
         self.directory = directory
         self.ca = ca
-        self.database_url = f"sqlite:///{directory / 'smtpconf.db'}"
+        self.database_url = database_url or f"sqlite:///{directory / 'smtpconf.db'}"
         self.outside = non_loopback_address()
         self.cert = write_certificate(ca, directory, "localhost", LOOPBACK, *([self.outside] if self.outside else []))
         self.allowed_ports = allowed_ports
