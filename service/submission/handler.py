@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any
 
-from aiosmtpd.smtp import Envelope, Session
+from aiosmtpd.smtp import Envelope, Session, TLSSetupException
 
 from service.config import Config
 from service.errors import ApiError
@@ -94,7 +94,10 @@ class Submission:
             server.resume_idle_timer()
 
     async def handle_exception(self, error: Exception) -> str:
-        log.error("submission session failed", extra={"error": type(error).__name__})
+        if isinstance(error, TLSSetupException):
+            log.info("TLS handshake failed", extra={"error": type(error.__cause__).__name__})
+        else:
+            log.error("submission session failed", extra={"error": type(error).__name__})
         return replies.UNEXPECTED
 
     # the relay, in a thread

@@ -52,3 +52,39 @@ def test_a_token_lookup_waiting_on_the_database_blocks_no_other_connection(pg_la
     other.close()
     waiting.close()
     engine.dispose()
+
+
+def test_with_the_database_down_auth_is_454_and_data_451_never_a_hang(tmp_path, smtp_ca, own_postgres, starttls_smtp_server,
+                                                                      smtp_ca_pem):
+    import smtplib
+
+    from tests.submission.harness import connect
+    from tests.submission.test_relay import legacy_message, starttls_settings
+
+    lab = Lab(tmp_path, smtp_ca, [starttls_smtp_server.port], database_url=own_postgres.url)
+    try:
+        lab.client.put("/v1/smtp", json=starttls_settings(starttls_smtp_server, smtp_ca_pem), headers=lab.admin)
+        server = lab.start(SMTPCONF_DATABASE_TIMEOUT_SECONDS=2)
+        known, unknown = lab.token("sender"), lab.token("sender")
+        client = connect(server, lab.ca)
+        client.login("*", known)  # the process has now seen this token in the database
+        client.send_message(legacy_message(), to_addrs=["ada@example.com"])
+        own_postgres.halt()
+        try:
+            started = time.monotonic()
+            stranger = connect(server, lab.ca)
+            with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+                stranger.login("*", unknown)
+            assert (refused.value.smtp_code, refused.value.smtp_error[:5]) == (454, b"4.7.0")
+            stranger.quit()
+            client.mail("printer@legacy.example")
+            client.rcpt("ada@example.com")
+            code, text = client.data(legacy_message().as_string())
+            assert code == 451 and text[:2] == b"4."
+            assert time.monotonic() - started < 20
+        finally:
+            own_postgres.resume()
+        client.quit()
+        assert len(starttls_smtp_server.messages) == 1
+    finally:
+        lab.close()

@@ -191,3 +191,16 @@ def test_a_token_removed_after_auth_sends_no_more(submission, lab, tenant, start
     finally:
         client.quit()
     assert deadline_reply is not None and deadline_reply[0] == 550 and deadline_reply[1].startswith(b"5.7.8")
+
+
+def test_a_message_with_no_headers_at_all_gets_the_settings_from(submission, lab, tenant, starttls_smtp_server):
+    token = lab.token("sender", tenants=[tenant])
+    client = connect(submission, lab.ca)
+    try:
+        client.login(tenant, token)
+        client.sendmail("cron@legacy.example", ["ada@example.com"], "\r\njust a body from a cron job\r\n")
+    finally:
+        client.quit()
+    relayed = starttls_smtp_server.messages[0].message
+    assert relayed["From"] == "Example Alerts <noreply@example.com>"
+    assert relayed["Message-ID"] and relayed["Date"]
