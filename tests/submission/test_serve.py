@@ -90,7 +90,7 @@ def test_a_submission_server_that_dies_is_started_again_and_stops_with_serve(ser
     second = submission_child(service.process.pid)
     assert second != first
     service.stop()
-    wait_until(lambda: not Path(f"/proc/{second}").exists() or b"Z" in Path(f"/proc/{second}/stat").read_bytes().split(b")")[1][:3], 40)
+    wait_until(lambda: gone(second), 40)
     assert not listening(port)
 
 
@@ -133,3 +133,21 @@ def test_dev_starts_a_submission_server_and_says_how_to_send_to_it(tmp_path):
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=40)
+
+
+def gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["serve-stopped", "serve-killed"])
+def test_the_submission_server_does_not_outlive_serve(served, signum):
+    service, port = served
+    child = submission_child(service.process.pid)
+    # Only the serve process is signalled: on SIGTERM it stops its child; killed, the child notices by itself.
+    os.kill(service.process.pid, signum)
+    wait_until(lambda: gone(child), 40)
+    wait_until(lambda: not listening(port), 10)
