@@ -77,6 +77,10 @@ def _enhanced_of_class(code: Any, klass: str, default: str) -> str:
 def for_error(exc: ApiError) -> str:
     """The reply for a message the sending core did not hand over: a 4xx for what the sender should retry."""
     detail = plain_text(exc.detail)
+    if exc.code == "upstream_rejected" and exc.extra.get("stage") == "auth":
+        # The mail server refused the service's credential, not this message: once an administrator has
+        # fixed the settings, the sender's retry goes through.
+        return f"451 4.7.0 The mail server refused the service's credential, try again later: {detail}"
     if exc.code == "upstream_rejected":
         code = int(getattr(exc, "smtp_code", 0) or 0)
         enhanced = _enhanced_of_class(getattr(exc, "smtp_enhanced_code", None), "5", "5.0.0")

@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.fixtures.smtp_servers import REFUSED_RECIPIENT, RecordingHandler, start_smtp_server
+from tests.fixtures.smtp_servers import REFUSED_RECIPIENT, USERNAME, RecordingHandler, start_smtp_server
 from tests.submission.harness import connect
 from tests.submission.test_relay import legacy_message
 
@@ -40,8 +40,9 @@ def flaky_server(smtp_server_pool) -> Any:
 
 
 @pytest.fixture(scope="module")
-def smtp_upstreams(flaky_server, recipient_refusing_smtp_server, data_refusing_smtp_server, _silent_listener) -> list[Any]:
-    return [flaky_server, recipient_refusing_smtp_server, data_refusing_smtp_server, _silent_listener]
+def smtp_upstreams(flaky_server, recipient_refusing_smtp_server, data_refusing_smtp_server, _silent_listener,
+                   starttls_smtp_server) -> list[Any]:
+    return [flaky_server, recipient_refusing_smtp_server, data_refusing_smtp_server, _silent_listener, starttls_smtp_server]
 
 
 def plain_settings(server: Any, **extra: Any) -> dict[str, Any]:
@@ -113,3 +114,16 @@ def test_a_credential_that_cannot_be_had_is_451_4_7_0(sending, flaky_server):
     code, text = attempt(client, ["ada@example.com"])
     assert (code, text[:5]) == (451, b"4.7.0")
     assert flaky_server.messages == []
+
+
+def test_a_credential_the_mail_server_refuses_is_451_so_the_message_waits_for_a_fix(
+    sending, starttls_smtp_server, smtp_ca_pem
+):
+    client = sending(
+        starttls_smtp_server, host="localhost", security="starttls", ca_certificate_pem=smtp_ca_pem,
+        username=USERNAME, password={"source": "plaintext", "value": "not-the-password"},
+    )
+    code, text = attempt(client, ["ada@example.com"])
+    assert (code, text[:5]) == (451, b"4.7.0")
+    assert b"not-the-password" not in text
+    assert starttls_smtp_server.messages == []
