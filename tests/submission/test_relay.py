@@ -204,3 +204,21 @@ def test_a_message_with_no_headers_at_all_gets_the_settings_from(submission, lab
     relayed = starttls_smtp_server.messages[0].message
     assert relayed["From"] == "Example Alerts <noreply@example.com>"
     assert relayed["Message-ID"] and relayed["Date"]
+
+
+def test_a_settings_change_made_elsewhere_applies_from_the_next_message(submission, lab, starttls_smtp_server, smtp_ca_pem):
+    settings = starttls_settings(starttls_smtp_server, smtp_ca_pem)
+    tenant = lab.tenant(settings)
+    token = lab.token("sender", tenants=[tenant])
+    client = connect(submission, lab.ca)
+    try:
+        client.login(tenant, token)
+        client.send_message(legacy_message(), to_addrs=["ada@example.com"])
+        # Another process (here the test's own app) changes the settings: no restart, no cache to wait out.
+        changed = lab.client.put(f"/v1/tenants/{tenant}/smtp", json={**settings, "from_email": "alerts@example.com"},
+                                 headers=lab.admin)
+        assert changed.status_code == 200
+        client.send_message(legacy_message(), to_addrs=["ada@example.com"])
+    finally:
+        client.quit()
+    assert [m.mail_from for m in starttls_smtp_server.messages] == ["noreply@example.com", "alerts@example.com"]
