@@ -73,7 +73,7 @@ class SubmissionServer:
         self.hostname = hostname or socket.getfqdn()
         self.reloader = certificate(config)
         self.submission = Submission(services, config)
-        self._server: asyncio.base_events.Server | None = None
+        self._server: asyncio.AbstractServer | None = None
 
     def _protocol(self) -> SubmissionSMTP:
         starttls = None if self.config.submission_implicit_tls or self.reloader is None else self.reloader.context()
