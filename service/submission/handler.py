@@ -42,6 +42,8 @@ class Submission:
         self._auth_pool = concurrent.futures.ThreadPoolExecutor(AUTH_THREADS, thread_name_prefix="submission-auth")
         self._relay_pool = concurrent.futures.ThreadPoolExecutor(RELAY_THREADS, thread_name_prefix="submission-relay")
         self.relays_in_flight = 0
+        #: The open connections, told when the server stops.
+        self.connections: set[SubmissionSMTP] = set()
 
     def close(self) -> None:
         """Wait for the messages being relayed, then stop the threads."""

@@ -61,6 +61,7 @@ class SubmissionSMTP(SMTP):
             self.client = client_address(transport.get_extra_info("peername"))
             self._slot_refusal = self.submission.slots.take(self.client)
             self._holds_slot = self._slot_refusal is None
+            self.submission.connections.add(self)
         super().connection_made(transport)
 
     async def _handle_client(self) -> None:
@@ -73,6 +74,7 @@ class SubmissionSMTP(SMTP):
         await super()._handle_client()
 
     def connection_lost(self, error: Exception | None) -> None:
+        self.submission.connections.discard(self)
         if self._holds_slot:
             self._holds_slot = False
             self.submission.slots.give_back(self.client)
@@ -83,6 +85,12 @@ class SubmissionSMTP(SMTP):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(f"421 4.4.2 {self.hostname} Idle too long, closing connection\r\n".encode("ascii"))
         super()._timeout_cb()
+
+    def close_for_shutdown(self) -> None:
+        """Say why the connection ends (RFC 5321 3.8), then close it."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(f"421 4.3.2 {self.hostname} Service shutting down, try again later\r\n".encode("ascii"))
+            self.transport.close()
 
     def pause_idle_timer(self) -> None:
         """While the mail server is being waited for, the client is not idle."""

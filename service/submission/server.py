@@ -9,7 +9,7 @@ import signal
 import socket
 import ssl
 import sys
-from typing import Any, Callable
+from typing import Any
 
 from service.config import Config, ConfigError, parse_bind
 from service.submission.handler import Submission
@@ -64,13 +64,13 @@ def how_to_send(config: Config, token: str) -> str:
 class SubmissionServer:
     """The submission server of one process, on the event loop that ``run`` drives."""
 
-    def __init__(self, services: Any, config: Config, hostname: str | None = None) -> None:
+    def __init__(self, services: Any, config: Config) -> None:
         if not config.submission_bind:
             raise ConfigError("SMTPCONF_SUBMISSION_BIND is not set (HOST:PORT, e.g. 0.0.0.0:587)")
         self.host, self.port = parse_bind(config.submission_bind, "SUBMISSION_BIND")
         self.config = config
         self.services = services
-        self.hostname = hostname or socket.getfqdn()
+        self.hostname = socket.getfqdn()
         self.reloader = certificate(config)
         self.submission = Submission(services, config)
         self._server: asyncio.AbstractServer | None = None
@@ -111,16 +111,18 @@ class SubmissionServer:
         deadline = asyncio.get_running_loop().time() + DRAIN_SECONDS
         while self.submission.relays_in_flight and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
+        for connection in list(self.submission.connections):
+            connection.close_for_shutdown()
         self.submission.close()
 
 
-def run(config: Config, *, watch_stdin: bool = False, services_factory: Callable[[Config], Any] | None = None) -> None:
+def run(config: Config, *, watch_stdin: bool = False) -> None:
     """Serve until SIGTERM or SIGINT (or, with ``watch_stdin``, until the parent closes our stdin)."""
     from service.app import build_services
 
     # aiosmtpd logs every command line at INFO and a deprecation notice on every AUTH; the service logs its own.
     logging.getLogger("mail.log").setLevel(logging.ERROR)
-    services = (services_factory or build_services)(config)
+    services = build_services(config)
     try:
         asyncio.run(_serve(services, config, watch_stdin))
     finally:

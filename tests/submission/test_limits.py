@@ -134,3 +134,13 @@ def test_a_client_that_stops_mid_data_is_closed_too(lab, sender):
     with pytest.raises(smtplib.SMTPServerDisconnected):
         client.noop()
     client.close()
+
+
+def test_a_stopping_server_says_421_to_open_connections(lab):
+    server = lab.start()
+    raw = Raw(LOOPBACK, server.port)
+    assert raw.reply().startswith("220")
+    raw.command("EHLO client.example.test")
+    server.stop()
+    assert raw.reply().startswith("421 4.3.2")
+    assert raw.closed()
