@@ -84,6 +84,7 @@ class Services:
 
     def close(self) -> None:
         self.sending.pool.close()
+        self.sending.deliveries.close()
         self.secrets.close()
         self.propagator.close()
         self.db.close()

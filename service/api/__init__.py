@@ -180,6 +180,9 @@ def register_error_handlers(app: Flask) -> None:
         status = error.code or 500
         code, title = PROBLEM_CODES.get(status, ("http_error", error.name))
         detail = title if status != 405 else f"{request.method} is not allowed here."
+        if status == 413 and request.max_content_length:
+            # The message routes take more than the 64 KiB of every other route.
+            detail = f"Request body too large ({request.max_content_length} bytes at most)."
         response = problem(ApiError(detail, status=status, code=code, title=title))
         if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
             response.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]

@@ -31,7 +31,7 @@ from service.settings import SettingsService
 from service.smtp_check.auth import b64
 from service.smtp_check.errors import Reply
 from service.smtp_check.request import AccessToken, ResolvedPassword
-from service.smtp_check.session import RecipientsRefused, SendFailure, Session
+from service.smtp_check.session import RecipientsRefused, SendFailure
 from service.tokens import Principal
 
 log = logging.getLogger("smtpconf.sending")
@@ -229,9 +229,11 @@ class SendingCore:
             "smtp_message": credentials.redact(message)[:512] if message else None,
             "accepted_count": 0, "rejected_count": len(getattr(error, "rejected", {}) or {}), "duration_ms": _ms(started),
         }
-        # An answer is kept for the key only when the message may have gone or never will:
-        # after a refusal that is not temporary, or when the data went out without a final reply.
-        keep = error.code == "upstream_rejected" or getattr(error, "maybe_delivered", False)
+        # An answer is kept for the key only when the message may have gone or never will: the
+        # server refused this message for good, or the data went out without a final reply. A
+        # failure before the transaction (a refused login, a TLS problem) frees the key for the retry.
+        refused_message = error.code == "upstream_rejected" and error.extra.get("stage") in ("rset", "mail_from", "rcpt_to", "data")
+        keep = refused_message or getattr(error, "maybe_delivered", False)
         answer = (error.status, {"problem": error.to_problem(), "headers": error.headers}) if keep and claim else None
         self.deliveries.finish(row_id, outcome, claim=claim, answer=answer)
         MESSAGES.labels(channel, outcome_name).inc()
@@ -244,7 +246,10 @@ class SendingCore:
         level = effective.scope
         credential = credentials.fetch(False)
         key = pool_key(settings, credential)
-        session = self.pool.checkout(level, key, settings)
+        try:
+            session = self.pool.checkout(level, key, settings)
+        except ValueError as exc:  # insecure_skip_verify saved before FIPS mode was turned on
+            raise UpstreamUnavailable(str(exc), reason="tls") from None
         refreshed = False
         retried_stale = False
         while True:

@@ -9,7 +9,7 @@ import re
 from datetime import UTC, datetime
 from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
-from email.utils import format_datetime, getaddresses, make_msgid
+from email.utils import formataddr, format_datetime, getaddresses, make_msgid
 from typing import Any, Mapping
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
@@ -136,15 +136,15 @@ def build(request: Mapping[str, Any], settings: Mapping[str, Any]) -> Outgoing:
     _identity(message, settings)
     reply_to = request["reply_to"] or settings.get("reply_to")
     if reply_to:
-        message["Reply-To"] = reply_to
+        _put(message, "Reply-To", reply_to)
     if request["to"]:
-        message["To"] = ", ".join(request["to"])
+        _put(message, "To", ", ".join(request["to"]))
     cc = _unique([*request["cc"], *copies[0]])
     if cc:
-        message["Cc"] = ", ".join(cc)
-    message["Subject"] = request["subject"]
+        _put(message, "Cc", ", ".join(cc))
+    _put(message, "Subject", request["subject"])
     for name, value in request["headers"].items():
-        message[name] = value
+        _put(message, name, value)
     text, html = request["text"], request["html"]
     if text is not None:
         message.set_content(text)
@@ -180,7 +180,7 @@ def rewrite(message: EmailMessage, recipients: list[str], settings: Mapping[str,
         del message["Sender"]
         if original_from and message.get("Reply-To") is None:
             message["Reply-To"] = ", ".join(original_from)
-        message["From"] = HeaderAddress(display_name=one_line(settings.get("from_name") or ""), addr_spec=settings["from_email"])
+        _put(message, "From", _from(settings))
     if copies[0]:
         cc = [str(v) for v in message.get_all("Cc") or []]
         del message["Cc"]
@@ -198,10 +198,28 @@ def rewrite(message: EmailMessage, recipients: list[str], settings: Mapping[str,
 
 
 def _identity(message: EmailMessage, settings: Mapping[str, Any]) -> None:
-    from_email = settings["from_email"]
-    message["Date"] = format_datetime(datetime.now(UTC))
-    message["Message-ID"] = make_msgid(domain=str(from_email).rpartition("@")[2])
-    message["From"] = HeaderAddress(display_name=one_line(settings.get("from_name") or ""), addr_spec=from_email)
+    from_email = str(settings["from_email"])
+    _put(message, "Date", format_datetime(datetime.now(UTC)))
+    _put(message, "Message-ID", make_msgid(domain=from_email.rpartition("@")[2]))
+    _put(message, "From", _from(settings))
+
+
+def _from(settings: Mapping[str, Any]) -> str | HeaderAddress:
+    """``from_name <from_email>``, the name quoted (and encoded when not ASCII) as RFC 5322 wants."""
+    name = one_line(settings.get("from_name") or "")
+    address = str(settings["from_email"])
+    if not address.isascii():  # an internationalised domain: the policy encodes it
+        return HeaderAddress(display_name=name, addr_spec=address)
+    return formataddr((name, address)) if name else address
+
+
+def _put(message: EmailMessage, name: str, value: str | HeaderAddress) -> None:
+    """Add a header. An ASCII value is stored as it is, to be folded when written (parsing each one
+    costs more than the rest of building a message); any other is parsed and encoded by the policy."""
+    if isinstance(value, str) and value.isascii():
+        message.set_raw(name, value)
+    else:
+        message[name] = value
 
 
 def _copies(settings: Mapping[str, Any], notification: str | None) -> tuple[list[str], list[str]]:

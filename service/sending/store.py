@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db import Base, Database, is_unavailable, iso_utc, utcnow
+from service.sending.log_writer import BatchWriter, IdBlocks
 
 log = logging.getLogger("smtpconf.sending")
 
@@ -22,6 +23,10 @@ IDEMPOTENCY_SECONDS = 24 * 3600
 #: Seconds between two purges of expired rows, per process.
 PURGE_INTERVAL_SECONDS = 3600.0
 MAX_REPLY_TEXT = 512
+#: Every outcome column, so that rows written in one batch all name the same columns.
+NO_OUTCOME: dict[str, Any] = dict.fromkeys(
+    ("error_code", "smtp_code", "smtp_enhanced_code", "smtp_message", "accepted_count", "rejected_count", "duration_ms")
+)
 
 
 class DeliveryRecord(Base):
@@ -88,37 +93,41 @@ class DeliveryLog:
         self.retention_days = retention_days
         self._purged_at = time.monotonic() - PURGE_INTERVAL_SECONDS / 2
         self._purge_lock = threading.Lock()
+        self._ids = IdBlocks(db)
+        self._writer = BatchWriter(db, DeliveryRecord.__table__)
+        # Rows of messages being sent without an Idempotency-Key: written with their outcome.
+        self._started: dict[int, dict[str, Any]] = {}
 
     def start(self, entry: dict[str, Any], claim: tuple[str, str, str] | None = None) -> tuple[int, Claim | None]:
-        """Insert the row of a message about to be sent (and claim its key): its id, and what the key held.
+        """The row id of a message about to be sent (and the claim of its key): its id, and what the key held.
 
-        ``claim`` is (token name, key, request hash). When another request holds
-        the key, nothing is written and the id is 0.
+        ``claim`` is (token name, key, request hash): the key and the row are
+        written before sending. When another request holds the key, nothing is
+        written and the id is 0. Without a key the row is written, with its
+        outcome, by the batch writer (``finish``).
         """
         self._maybe_purge()
+        row_id = self._ids.next()
+        row = {"id": row_id, "at": utcnow(), "outcome": "sending", **entry}
+        if claim is None:
+            self._started[row_id] = row
+            return row_id, None
         try:
             with self.db.transaction() as session:
-                if claim is not None:
-                    found = self._claimed(session, claim)
-                    if found is not None:
-                        return 0, found
-                record = DeliveryRecord(at=utcnow(), outcome="sending", **entry)
-                session.add(record)
-                if claim is not None:
-                    token_name, key, request_hash = claim
-                    session.add(IdempotencyRecord(
-                        token_name=token_name, key_hash=key_hash(key), request_hash=request_hash, created_at=utcnow()
-                    ))
-                session.flush()
-                row_id = record.id
+                found = self._claimed(session, claim)
+                if found is not None:
+                    return 0, found
+                session.execute(sa.insert(DeliveryRecord), [row])
+                token_name, key, request_hash = claim
+                session.add(IdempotencyRecord(
+                    token_name=token_name, key_hash=key_hash(key), request_hash=request_hash, created_at=utcnow()
+                ))
         except IntegrityError:
             # Another request claimed the key between our look and our insert.
-            if claim is None:
-                raise
             with self.db.read() as session:
                 found = self._claimed(session, claim, writing=False)
             return 0, found or Claim(owned=False, request_hash=claim[2])
-        return row_id, (Claim(owned=True, request_hash=claim[2]) if claim else None)
+        return row_id, Claim(owned=True, request_hash=claim[2])
 
     def _claimed(self, session: Any, claim: tuple[str, str, str], *, writing: bool = True) -> Claim | None:
         token_name, key, _request_hash = claim
@@ -141,6 +150,10 @@ class DeliveryLog:
         answer: tuple[int, dict[str, Any]] | None = None,
     ) -> None:
         """Record what the mail server answered; keep the answer for the key, or free the key (``answer`` None)."""
+        started = self._started.pop(row_id, None)
+        if started is not None:
+            self._writer.add({**NO_OUTCOME, **started, **outcome})
+            return
         try:
             with self.db.transaction() as session:
                 session.execute(sa.update(DeliveryRecord).where(DeliveryRecord.id == row_id).values(**outcome))
@@ -156,6 +169,13 @@ class DeliveryLog:
                 raise
             log.warning("delivery log not updated", extra={"delivery_id": row_id, "error": type(exc).__name__})
 
+    def flush(self) -> None:
+        """Write the rows this process holds (readers call it, so that a send is listed as soon as it is answered)."""
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
     def page(self, *, tenant: str | None, before: int | None, limit: int) -> tuple[list[dict[str, Any]], int | None]:
         """Newest first; ``next_before`` continues the listing."""
         query = sa.select(DeliveryRecord).order_by(DeliveryRecord.id.desc()).limit(limit + 1)
@@ -163,6 +183,7 @@ class DeliveryLog:
             query = query.where(DeliveryRecord.tenant == tenant)
         if before is not None:
             query = query.where(DeliveryRecord.id < before)
+        self.flush()
         with self.db.read() as session:
             rows = list(session.execute(query).scalars())
         more = len(rows) > limit
@@ -170,6 +191,7 @@ class DeliveryLog:
         return [view(row) for row in rows], (rows[-1].id if more and rows else None)
 
     def get(self, row_id: int) -> dict[str, Any] | None:
+        self.flush()
         with self.db.read() as session:
             row = session.get(DeliveryRecord, row_id)
             return None if row is None else view(row)

@@ -66,3 +66,20 @@ def test_a_send_that_never_reached_the_server_frees_its_key_for_the_retry(sendin
     retried = client.post("/v1/messages", json=MESSAGE, headers=headers)
     assert retried.status_code == 200, retried.json
     assert len(plain_smtp_server.messages) == 1
+
+
+def test_a_refused_login_frees_the_key_so_the_retry_sends_once_the_password_is_fixed(
+    sending, smtp_server_pool, smtp_ca, smtp_ca_pem
+):
+    from tests.fixtures.smtp_servers import USERNAME, start_starttls_smtp_server
+
+    server = smtp_server_pool.add(start_starttls_smtp_server(smtp_ca, {USERNAME: "the-right-one"}))
+    app, client, tokens = sending(server)
+    assert client.put("/v1/smtp", json=settings_for(server, smtp_ca_pem), headers=tokens.headers("admin")).status_code == 200
+    headers = tokens.headers("sender", **{"Idempotency-Key": "after-the-fix"})
+    refused = client.post("/v1/messages", json=MESSAGE, headers=headers)
+    assert refused.status_code == 502 and refused.json["smtp_code"] == 535 and refused.json["stage"] == "auth"
+    server.handler.credentials[USERNAME] = settings_for(server, smtp_ca_pem)["password"]["value"]
+    retried = client.post("/v1/messages", json=MESSAGE, headers=headers)
+    assert retried.status_code == 200, retried.json
+    assert len(server.messages) == 1

@@ -107,6 +107,7 @@ def test_a_body_larger_than_64_kib_is_taken_on_the_message_routes_only(sending, 
     too_big = {**MESSAGE, "attachments": [{"filename": "a.bin", "content_base64": "A" * 600_000}]}
     response = client.post("/v1/messages", json=too_big, headers=tokens.headers("sender"))
     assert response.status_code == 413 and response.json["code"] == "payload_too_large"
+    assert str(512 * 1024) in response.json["detail"]
     padded = {**settings_for(plain_smtp_server), "from_name": "x" * 100, "padding": "y" * 70_000}
     assert client.put("/v1/smtp", json=padded, headers=tokens.headers("admin")).status_code == 413
     assert len(plain_smtp_server.messages) == 1
@@ -306,3 +307,19 @@ def test_a_restricted_sender_sends_for_its_tenant_only(sending, starttls_smtp_se
         assert response.status_code == 403 and response.json["code"] == "tenant_not_allowed"
     assert len(starttls_smtp_server.messages) == 1
     assert client.get("/v1/tenants/acme/smtp", headers=headers).json["code"] == "forbidden"
+
+
+def test_non_ascii_names_and_subjects_are_encoded_and_long_recipient_lists_folded(sending, plain_smtp_server):
+    app, client, tokens = sending(plain_smtp_server)
+    _configure(client, tokens, settings_for(plain_smtp_server, from_name='Zürich "Alerts", Inc.'))
+    recipients = [f"user{i}@example.com" for i in range(30)]
+    payload = {**MESSAGE, "to": recipients, "subject": "Grüße aus Zürich", "headers": {"X-Note": "ä"}}
+    assert client.post("/v1/messages", json=payload, headers=tokens.headers("sender")).status_code == 200
+    received = plain_smtp_server.messages[0]
+    assert received.content.isascii()
+    assert all(len(line) <= 998 for line in received.content.split(b"\r\n"))
+    message = received.message
+    assert message["From"].addresses[0].display_name == 'Zürich "Alerts", Inc.'
+    assert message["From"].addresses[0].addr_spec == "noreply@example.com"
+    assert message["Subject"] == "Grüße aus Zürich" and message["X-Note"] == "ä"
+    assert [a.addr_spec for a in message["To"].addresses] == recipients

@@ -1,4 +1,4 @@
-"""Sending mail: token tenants, the delivery log and the Idempotency-Key table.
+"""Sending mail: token tenants, the delivery log (with its id blocks) and the Idempotency-Key table.
 
 Revision ID: 0003_sending
 Revises: 0002_event_keys
@@ -41,6 +41,13 @@ def upgrade() -> None:
     )
     op.create_index("ix_delivery_log_tenant_id", "delivery_log", ["tenant", "id"])
     op.create_index("ix_delivery_log_at", "delivery_log", ["at"])
+    counter = op.create_table(
+        "delivery_id_blocks",
+        sa.Column("name", sa.String(length=32), nullable=False),
+        sa.Column("last_id", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("name"),
+    )
+    op.bulk_insert(counter, [{"name": "delivery_log", "last_id": 0}])
     op.create_table(
         "idempotency_keys",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -57,6 +64,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("idempotency_keys")
+    op.drop_table("delivery_id_blocks")
     op.drop_index("ix_delivery_log_at", table_name="delivery_log")
     op.drop_index("ix_delivery_log_tenant_id", table_name="delivery_log")
     op.drop_table("delivery_log")
