@@ -54,7 +54,7 @@ def test_a_token_lookup_waiting_on_the_database_blocks_no_other_connection(pg_la
     engine.dispose()
 
 
-def test_with_the_database_down_auth_is_454_and_data_451_never_a_hang(tmp_path, smtp_ca, own_postgres, starttls_smtp_server,
+def test_with_the_database_down_a_new_token_is_454_and_a_known_one_keeps_sending(tmp_path, smtp_ca, own_postgres, starttls_smtp_server,
                                                                       smtp_ca_pem):
     import smtplib
 
@@ -79,12 +79,13 @@ def test_with_the_database_down_auth_is_454_and_data_451_never_a_hang(tmp_path, 
             stranger.quit()
             client.mail("printer@legacy.example")
             client.rcpt("ada@example.com")
-            code, text = client.data(legacy_message().as_string())
-            assert code == 451 and text[:2] == b"4."
+            # Settings come from memory and the delivery log row waits for the database: the mail goes.
+            code, _ = client.data(legacy_message().as_string())
+            assert code == 250
             assert time.monotonic() - started < 20
         finally:
             own_postgres.resume()
         client.quit()
-        assert len(starttls_smtp_server.messages) == 1
+        assert len(starttls_smtp_server.messages) == 2
     finally:
         lab.close()

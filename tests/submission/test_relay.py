@@ -76,7 +76,11 @@ def test_a_legacy_program_sends_over_starttls_and_the_mail_server_gets_the_rewri
     assert b"\r\n" in received.content and b"\n" not in received.content.replace(b"\r\n", b"")
     assert starttls_smtp_server.logins == [("PLAIN", USERNAME)] or starttls_smtp_server.logins[-1][1] == USERNAME
 
-    entries, _ = lab.services.sending.deliveries.page(tenant=tenant, before=None, limit=10)
+    # The server process writes its delivery log in batches, a moment after the reply.
+    deadline = time.monotonic() + 10
+    while not (entries := lab.services.sending.deliveries.page(tenant=tenant, before=None, limit=10)[0]):
+        assert time.monotonic() < deadline, "no delivery log row"
+        time.sleep(0.1)
     assert [(e["channel"], e["outcome"]) for e in entries] == [("smtp", "sent")]
 
 
