@@ -136,7 +136,7 @@ def measure(clients: int = 8, messages: int = 150) -> list[Figure]:
                f"p99 {through_run.p99_ms:.1f} vs {direct_run.p99_ms:.1f} ms"),
         Figure("submission: msgs/s with 200 connections open ÷ without", loaded.rate / through_run.rate, "~1 (unaffected)",
                held == OPEN_CONNECTIONS - clients and loaded.messages == clients * messages,
-               f"{held} idle authenticated connections + {clients} sending held at once: {loaded.rate:.0f} msgs/s, "
+               f"{held} idle connections (EHLO done) + {clients} sending held at once: {loaded.rate:.0f} msgs/s, "
                f"p50 {loaded.p50_ms:.2f} ms (without: {through_run.rate:.0f} msgs/s, p50 {through_run.p50_ms:.2f} ms); "
                "every idle one still answers NOOP after"),
     ]
