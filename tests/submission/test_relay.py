@@ -224,3 +224,22 @@ def test_a_settings_change_made_elsewhere_applies_from_the_next_message(submissi
     finally:
         client.quit()
     assert [m.mail_from for m in starttls_smtp_server.messages] == ["noreply@example.com", "alerts@example.com"]
+
+
+def test_an_8bit_utf8_message_is_taken_and_relayed(submission, lab, tenant, starttls_smtp_server):
+    token = lab.token("sender", tenants=[tenant])
+    client = connect(submission, lab.ca)
+    try:
+        client.login(tenant, token)
+        assert "smtputf8" in client.esmtp_features and "8bitmime" in client.esmtp_features
+        assert client.mail("drücker@legacy.example", ["SMTPUTF8", "BODY=8BITMIME"])[0] == 250
+        assert client.rcpt("ada@example.com")[0] == 250
+        content = "Subject: Größenänderung fertig\r\nContent-Type: text/plain; charset=utf-8\r\n" \
+                  "Content-Transfer-Encoding: 8bit\r\n\r\nDer Scan ist fertig: Grüße\r\n"
+        code, _ = client.data(content.encode("utf-8"))
+    finally:
+        client.quit()
+    assert code == 250
+    relayed = starttls_smtp_server.messages[0].message
+    assert str(relayed["Subject"]) == "Größenänderung fertig"
+    assert "Grüße" in relayed.get_content()
