@@ -68,8 +68,8 @@ class SubmissionSMTP(SMTP):
         if self._slot_refusal is not None:
             log.warning("connection refused", extra={"client": self.client, "limit": self._slot_refusal})
             await self.push(_SLOT_REFUSALS[self._slot_refusal])
-            assert self.transport is not None
-            self.transport.close()
+            if self.transport is not None:
+                self.transport.close()
             return
         await super()._handle_client()
 
@@ -174,6 +174,6 @@ class SubmissionSMTP(SMTP):
     async def _close_after_failures(self) -> None:
         log.warning("authentication failures: closing", extra={"client": self.client})
         await self.push("421 4.7.0 Too many authentication failures from your address; closing connection")
-        assert self.transport is not None
-        self.transport.close()
+        if self.transport is not None:
+            self.transport.close()
 
