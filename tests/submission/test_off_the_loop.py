@@ -39,12 +39,11 @@ def test_a_token_lookup_waiting_on_the_database_blocks_no_other_connection(pg_la
         auth.start()
         time.sleep(0.5)  # the AUTH has reached the server and waits for the table
         assert replies == []
+        # Answered while the lock is held: a loop blocked by the lookup could not answer before the COMMIT below.
         other = Raw(LOOPBACK, server.port, timeout=30)
-        started = time.monotonic()
         assert other.reply().startswith("220")
         assert other.command("EHLO other.example.test").startswith("250")
         assert other.command("NOOP").startswith("250")
-        assert time.monotonic() - started < 2
         assert replies == []  # still waiting: the lock is held
         lock.exec_driver_sql("COMMIT")
     auth.join(timeout=20)

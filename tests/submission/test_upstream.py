@@ -106,7 +106,7 @@ def test_a_hung_mail_server_is_451_4_4_x_within_its_timeout(sending, _silent_lis
     started = time.monotonic()
     code, text = attempt(client, ["ada@example.com"])
     assert code == 451 and text[:4] == b"4.4."
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started < 25
 
 
 def test_a_credential_that_cannot_be_had_is_451_4_7_0(sending, flaky_server):
