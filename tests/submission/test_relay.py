@@ -14,7 +14,7 @@ from service.db import ApiToken
 from service.tokens import hash_token
 
 from tests.fixtures.smtp_servers import PASSWORD, USERNAME
-from tests.submission.harness import LOOPBACK, Raw, client_context, connect
+from tests.submission.harness import LOOPBACK, Raw, connect
 
 
 def starttls_settings(server, ca_pem, **extra):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import trustme
 
 from tests.conftest import MASTER_KEY
 from tests.fixtures.server import RunningService, free_port
@@ -96,7 +97,7 @@ def test_a_submission_server_that_dies_is_started_again_and_stops_with_serve(ser
 
 def test_submission_alone_refuses_to_start_without_a_bind(tmp_path):
     env = submission_env(f"sqlite:///{tmp_path / 'smtpconf.db'}", MASTER_KEY, write_certificate(
-        __import__("trustme").CA(), tmp_path, "localhost"))
+        trustme.CA(), tmp_path, "localhost"))
     done = subprocess.run([sys.executable, "-m", "service.cli", "submission"], env=env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 2
@@ -111,7 +112,7 @@ def test_dev_starts_a_submission_server_and_says_how_to_send_to_it(tmp_path):
     assert DEV_SUBMISSION_BIND == "127.0.0.1:2525"
     port = free_port()
     env = submission_env(f"sqlite:///{tmp_path / 'smtpconf.db'}", MASTER_KEY, write_certificate(
-        __import__("trustme").CA(), tmp_path, "localhost"), SMTPCONF_SUBMISSION_BIND=f"{LOOPBACK}:{port}")
+        trustme.CA(), tmp_path, "localhost"), SMTPCONF_SUBMISSION_BIND=f"{LOOPBACK}:{port}")
     env.pop("SMTPCONF_TLS_CERT_FILE")
     env.pop("SMTPCONF_TLS_KEY_FILE")
     process = subprocess.Popen(
