@@ -23,6 +23,7 @@ from service.credentials import CredentialPath
 from service.crypto import KeyRing
 from service.db import Database
 from service.propagation import Board, Propagator, board_path, private_board_path
+from service.readiness import HealthBoard, Readiness
 from service.observability import (
     HTTP_LATENCY,
     HTTP_REQUESTS,
@@ -32,6 +33,7 @@ from service.observability import (
 )
 from service.rotation_events import RotationEvents
 from service.oauth import TokenService
+from service.token_store import SharedTokens
 from service.secrets import SecretsService
 from service.settings import SettingsService
 from service import smtp_check
@@ -80,12 +82,14 @@ class Services:
     events: RotationEvents
     propagator: Propagator
     credentials: CredentialPath
+    health: Readiness
     sending: SendingCore
 
     def close(self) -> None:
         self.sending.pool.close()
         self.sending.deliveries.close()
         self.secrets.close()
+        self.health.board.close()
         self.propagator.close()
         self.db.close()
 
@@ -110,7 +114,7 @@ class Services:
             serving = self.settings.holds_settings()
             return {"status": "degraded" if serving else "down", "database": "down", "providers": {}}
         database = "ok" if self.db.writable() else "read_only"
-        providers = self.secrets.readiness()
+        providers = self.health.report()
         degraded = database != "ok" or any(p["status"] != "ok" for p in providers.values())
         return {"status": "degraded" if degraded else "ok", "database": database, "providers": providers}
 
@@ -140,7 +144,8 @@ def build_services(config: Config) -> Services:
     except ValueError as exc:
         raise ConfigError(f"SMTPCONF_SMTP_ALLOWED_PORTS / SMTPCONF_SMTP_DENIED_NETWORKS: {exc}") from None
     # Token endpoints are held to the SMTP destination policy's denied networks (any HTTPS port).
-    credentials = CredentialPath(secrets, keyring, TokenService(policy))
+    tokens = TokenService(policy, shared=SharedTokens(f"{path}.tokens", keyring))
+    credentials = CredentialPath(secrets, keyring, tokens)
     checks = CheckService(
         settings, secrets, credentials, policy, fips_mode=config.fips_mode, rate_limit=config.rate_limit_per_minute
     )
@@ -155,7 +160,7 @@ def build_services(config: Config) -> Services:
     db.watch()
     return Services(
         config, db, keyring, registry, settings, secrets, checks, authenticate, RotationEvents(db, secrets), propagator,
-        credentials, sending,
+        credentials, Readiness(secrets, HealthBoard(f"{path}.health")), sending=sending,
     )
 
 

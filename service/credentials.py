@@ -10,7 +10,8 @@ from service import smtp_check
 from service.crypto import DecryptionError, KeyRing
 from service.db import iso_utc, utcnow
 from service.errors import PasswordUnavailable, TokenUnavailable
-from service.oauth import Token, TokenDenied, TokenError, TokenService, secret_field
+from service.oauth import TokenService
+from service.oauth_flows import Token, TokenDenied, TokenError, secret_field
 from service.schemas import is_oauth2
 from service.secrets import EXPIRY_WARNING, ResolvedPassword, SecretsService
 from service.settings import SYSTEM_SCOPE, Effective, auth_scope, auth_secret_context, plaintext_context

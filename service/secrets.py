@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -19,7 +18,6 @@ from providers.base import (
     ProviderContext,
     ProviderError,
     ProviderMisconfigured,
-    ProviderUnavailable,
     SecretNotAllowed,
     SecretProvider,
     SecretValue,
@@ -41,8 +39,6 @@ log = logging.getLogger("smtpconf.secrets")
 EXPIRY_WARNING = dt.timedelta(days=14)
 #: Names one listing answers with, at most (pickers, not exports).
 MAX_LISTED_NAMES = 1000
-#: Seconds between background checks of each manager for ``/readyz``.
-READINESS_INTERVAL = 5.0
 MAX_PLANS = 256
 
 
@@ -98,7 +94,6 @@ class SecretsService:
         self.connections = ConnectionService(db, registry)
         self.store = InternalStore(db, keyring)
         self.cache = cache or SecretCache()
-        self.cache.on_outcome = self._observed
         self.propagator = propagator
         self._lock = threading.Lock()
         self.access_log = AccessLog(db)
@@ -112,10 +107,6 @@ class SecretsService:
         # cannot be reused by another object while the entry lives.
         self._plans: dict[int, tuple[Mapping[str, Any], Plan]] = {}
         self._providers: dict[str, tuple[int, SecretProvider]] = {}
-        # What is known of each connection's manager: (monotonic time, reachable, error code).
-        self._health: dict[str, tuple[float, bool, str | None]] = {}
-        self._checked_at = float("-inf")
-        self._checking: set[str] = set()
         self._settings_listeners: list[Callable[[], None]] = []
         propagator.subscribe(self._apply)
 
@@ -159,6 +150,11 @@ class SecretsService:
                 also(session, generation, marked)
         return marked, generation
 
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Every connection, as every worker sees them after the last announced change."""
+        self.sync()
+        return self._connections()
+
     def connection(self, name: str) -> dict[str, Any] | None:
         """The connection as every worker sees it after the last announced change."""
         self.sync()
@@ -188,7 +184,7 @@ class SecretsService:
                     self._snapshot = snapshot
         return snapshot
 
-    def _provider(self, name: str, record: dict[str, Any]) -> SecretProvider:
+    def provider(self, name: str, record: dict[str, Any]) -> SecretProvider:
         with self._lock:
             held = self._providers.get(name)
             if held and held[0] == record["version"]:
@@ -301,7 +297,7 @@ class SecretsService:
                 f"The connection {name!r} does not allow the secret {secret!r}.", extra={"reason": SecretNotAllowed.code}
             )
         variant = json.dumps({k: v for k, v in reference.items() if k not in ("source", "provider")}, sort_keys=True)
-        provider = self._provider(name, record)
+        provider = self.provider(name, record)
 
         def fetch() -> Any:
             try:
@@ -353,73 +349,13 @@ class SecretsService:
         record = self.connections.get(name)
         allowed = record["document"].get("allowed_secrets", [])
         try:
-            listing = self._provider(name, record).list_secrets(
+            listing = self.provider(name, record).list_secrets(
                 prefix, accept=lambda secret: secret_allowed(secret, allowed), limit=MAX_LISTED_NAMES
             )
         except ProviderError as exc:
             log.warning("secret listing failed", extra={"provider": name, "error_code": exc.code})
             raise ApiError(exc.message, status=exc.status, code=exc.code, title="The secret manager cannot list") from None
         return {"names": listing.names, "truncated": listing.truncated}
-
-    def check_connection(self, name: str) -> dict[str, Any]:
-        record = self.connections.get(name)
-        started = time.monotonic()
-        try:
-            self._provider(name, record).check()
-            error = None
-        except ProviderError as exc:
-            error = {"code": exc.code, "message": exc.message}
-        self._observed(name, error is None, error and error["code"])
-        elapsed = int((time.monotonic() - started) * 1000)
-        return {"ok": error is None, "status": "ok" if error is None else "down", "error": error, "elapsed_ms": elapsed}
-
-    # readiness: answered at once from what is known, learnt in the background
-
-    def _observed(self, name: str, ok: bool, code: str | None) -> None:
-        """A fetch or a check reached (or failed to reach) ``name``'s manager."""
-        self._health[name] = (time.monotonic(), ok, code)
-
-    def readiness(self) -> dict[str, dict[str, Any]]:
-        """Each connection: ok, degraded (down, cached values still serve) or down; never waits on a manager."""
-        self.sync()
-        connections = self._connections()
-        now = time.monotonic()
-        if now - self._checked_at >= READINESS_INTERVAL:
-            self._checked_at = now
-            for name, record in connections.items():
-                self._check_in_background(name, record)
-        report: dict[str, dict[str, Any]] = {}
-        for name in connections:
-            known = self._health.get(name)
-            if known is None:
-                report[name] = {"status": "ok", "detail": "not_checked_yet"}
-            elif known[1]:
-                report[name] = {"status": "ok"}
-            else:
-                serving = known[2] == ProviderUnavailable.code and self.cache.has_values(provider=name)
-                report[name] = {"status": "degraded" if serving else "down", "detail": known[2] or "error"}
-        return report
-
-    def _check_in_background(self, name: str, record: dict[str, Any]) -> None:
-        with self._lock:
-            if name in self._checking:
-                return  # the last check has not answered yet (a hung manager): its outcome will come
-            self._checking.add(name)
-
-        def check() -> None:
-            try:
-                self._provider(name, record).check()
-                self._observed(name, True, None)
-            except ProviderError as exc:
-                self._observed(name, False, exc.code)
-            except Exception as exc:  # a provider bug must not kill readiness
-                log.warning("readiness check failed", extra={"provider": name, "error": type(exc).__name__})
-                self._observed(name, False, "provider_error")
-            finally:
-                with self._lock:
-                    self._checking.discard(name)
-
-        threading.Thread(target=check, name=f"readiness:{name}", daemon=True).start()
 
     def close(self) -> None:
         with self._lock:

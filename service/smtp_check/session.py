@@ -16,14 +16,13 @@ import ssl
 import time
 from typing import Any, Mapping
 
-from service.smtp_check import auth
+from service.smtp_check import login
 from service.smtp_check.connection import Connection, tls_context
-from service.smtp_check.errors import Failure, Reply
+from service.smtp_check.errors import AuthRejected, Failure, Reply
 from service.smtp_check.message import a_label
 from service.smtp_check.policy import LOOKUPS, DestinationPolicy, Resolver, ip_literal
 from service.smtp_check.request import AccessToken, ResolvedPassword
 
-MASK = "********"
 _EXTENSION_SEPARATOR = re.compile(r"[ =]")
 
 
@@ -201,52 +200,14 @@ class Session:
             keyword, params = (_EXTENSION_SEPARATOR.split(line, maxsplit=1) + [""])[:2]
             self._offered[keyword.upper()] = params
 
-    def _mechanisms(self) -> set[str]:
-        if "AUTH" not in self._offered:
-            raise SendFailure("auth_unsupported", "The server does not offer authentication; the credential was not sent.", stage="auth")
-        return set(self._offered["AUTH"].upper().split())
-
     def _authenticate(self, password: ResolvedPassword) -> None:
         assert self._connection is not None
-        mechanisms = self._mechanisms()
-        login = f"{self.domain}\\{self.username}" if self.domain else str(self.username)
-        if "PLAIN" in mechanisms:
-            reply = self._connection.command(f"AUTH PLAIN {auth.auth_plain_encode(login, password.value)}", shown=f"AUTH PLAIN {MASK}")
-        elif "LOGIN" in mechanisms:
-            reply = self._connection.command("AUTH LOGIN")
-            if reply.code == 334:
-                reply = self._connection.command(auth.auth_login_encode(login), shown=MASK)
-            if reply.code == 334:
-                reply = self._connection.command(auth.b64(password.value), shown=MASK)
-        else:
-            raise SendFailure("auth_unsupported", "The server offers neither AUTH PLAIN nor LOGIN.", stage="auth")
-        self._auth_outcome(reply, "The server rejected the username or password.")
+        login_name = f"{self.domain}\\{self.username}" if self.domain else str(self.username)
+        login.authenticate_password(self._connection, self._offered, login_name, password.value, [])
 
     def _authenticate_with_token(self, token: AccessToken) -> None:
         assert self._connection is not None
-        mechanism = auth.pick(self._mechanisms(), auth.TOKEN_MECHANISMS)
-        if mechanism is None:
-            raise SendFailure("auth_unsupported", "The server offers neither XOAUTH2 nor OAUTHBEARER.", stage="auth")
-        user = str(self.username)
-        if mechanism == "XOAUTH2":
-            payload = auth.xoauth2_encode(user, token.value)
-        else:
-            payload = auth.oauthbearer_encode(user, token.value, self.wire_host, self.port)
-        if auth.fits_one_line(mechanism, payload):
-            reply = self._connection.command(f"AUTH {mechanism} {payload}", shown=f"AUTH {mechanism} {MASK}")
-        else:
-            reply = self._connection.command(f"AUTH {mechanism}")
-            if reply.code == 334:
-                reply = self._connection.command(payload, shown=MASK)
-        if reply.code == 334:
-            reply = self._connection.command(auth.OAUTH_ERROR_ACK[mechanism])
-        self._auth_outcome(reply, f"The server refused the access token for {user}.")
-
-    def _auth_outcome(self, reply: Reply, refused: str) -> None:
-        if reply.code == 235:
-            return
-        rejected = reply.code // 100 == 5 and reply.code not in (504, 534, 538)
-        raise SendFailure("auth_failed", refused, reply, stage="auth", auth_rejected=rejected)
+        login.authenticate_token(self._connection, self._offered, str(self.username), token.value, (self.wire_host, self.port), [])
 
     # sending
 
@@ -341,9 +302,11 @@ def _code_of(reply: Reply, permanent: str = "rejected") -> str:
 
 
 def _as_failure(exc: BaseException, stage: str, timeout: float) -> SendFailure:
-    """Whatever ended an operation, as a ``SendFailure`` (an ``AuthRejected`` is kept as it is)."""
+    """Whatever ended an operation, as a ``SendFailure``."""
     if isinstance(exc, SendFailure):
         return exc
+    if isinstance(exc, AuthRejected):
+        return SendFailure(exc.code, exc.message, exc.reply, stage=stage, auth_rejected=True)
     if isinstance(exc, Failure):
         return SendFailure(exc.code, exc.message, exc.reply, stage=stage)
     if isinstance(exc, TimeoutError):
