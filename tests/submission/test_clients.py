@@ -197,7 +197,10 @@ def test_canary_neither_token_nor_upstream_credential_leaves_anywhere(lab, tenan
     issued = ISSUED + oauth_lab.tokens.endpoint.issued
     assert issued, "no access token was issued: the XOAUTH2 path did not run"
     secrets = [UPSTREAM_PASSWORD, ROTATED_PASSWORD, CLIENT_SECRET, *TOKENS, *issued]
-    database = b"".join(p.read_bytes() for p in Path(lab.directory).glob("smtpconf.db*"))
+    # The database files, and what sits beside them (the generation board, access tokens sealed for the workers).
+    database = b"".join(p.read_bytes() for p in Path(lab.directory).rglob("smtpconf.db*") if p.is_file())
+    database += b"".join(p.read_bytes() for d in Path(lab.directory).glob("smtpconf.db*") if d.is_dir()
+                         for p in d.rglob("*") if p.is_file())
     delivery_log = repr([lab.services.sending.deliveries.page(tenant=t, before=None, limit=500) for t in tenants.values()])
     assert "'channel': 'smtp'" in delivery_log
     logs = lab.logs()
