@@ -22,7 +22,8 @@ from service.config import Config, ConfigError
 from service.credentials import CredentialPath
 from service.crypto import KeyRing
 from service.db import Database
-from service.propagation import Board, Propagator, board_path, private_board_path
+from service.board import Board, board_path, private_board_path
+from service.propagation import Propagator
 from service.readiness import HealthBoard, Readiness
 from service.observability import (
     HTTP_LATENCY,
@@ -36,6 +37,7 @@ from service.oauth import TokenService
 from service.token_store import SharedTokens
 from service.secrets import SecretsService
 from service.settings import SettingsService
+from service.settings_writes import SettingsWriter
 from service import smtp_check
 from service.sending import DeliveryLog, Pool, SendingCore
 from service.smtp_check import DestinationPolicy
@@ -83,6 +85,7 @@ class Services:
     propagator: Propagator
     credentials: CredentialPath
     health: Readiness
+    settings_writer: SettingsWriter
     sending: SendingCore
 
     def close(self) -> None:
@@ -135,9 +138,8 @@ def build_services(config: Config) -> Services:
         board = Board(path)
     propagator = Propagator(db, board, poll_interval=config.secret_sync_interval_seconds, own_board=own_board)
     secrets = SecretsService(db, keyring, registry, propagator=propagator)
-    settings = SettingsService(
-        db, keyring, fips_mode=config.fips_mode, check_reference=secrets.check_reference, sync=secrets.sync
-    )
+    settings = SettingsService(db, sync=secrets.sync)
+    writer = SettingsWriter(db, keyring, fips_mode=config.fips_mode, check_reference=secrets.check_reference)
     secrets.on_settings_change(settings.forget)
     try:
         policy = DestinationPolicy.from_strings(config.smtp_allowed_ports, config.smtp_denied_networks)
@@ -160,7 +162,7 @@ def build_services(config: Config) -> Services:
     db.watch()
     return Services(
         config, db, keyring, registry, settings, secrets, checks, authenticate, RotationEvents(db, secrets), propagator,
-        credentials, Readiness(secrets, HealthBoard(f"{path}.health")), sending=sending,
+        credentials, Readiness(secrets, HealthBoard(f"{path}.health")), writer, sending=sending,
     )
 
 

@@ -17,15 +17,9 @@ from service.observability import SMTP_CHECKS
 from service.schemas import SYSTEM_DEFAULTS, check_address, credential_errors, is_oauth2, load_settings
 from service.credentials import CredentialPath
 from service.secrets import SecretsService
-from service.settings import (
-    DESTINATION_FIELDS,
-    SYSTEM_SCOPE,
-    Effective,
-    SettingsService,
-    StoredSettings,
-    check_auth_references,
-    kept_auth_secret_changes,
-)
+from service.settings import SettingsService
+from service.settings_model import DESTINATION_FIELDS, SYSTEM_SCOPE, Effective, StoredSettings, merge
+from service.settings_writes import check_auth_references, kept_auth_secret_changes
 
 VALIDATE_FIELDS = {"settings"}
 TEST_FIELDS = {"settings", "to", "include_cc_bcc"}
@@ -145,9 +139,9 @@ class CheckService:
             loaded["auth"] = self._stored_auth_secrets(loaded["auth"], stored)
         candidate = StoredSettings(scope, loaded, 0, _epoch(), "candidate")
         if tenant is None:
-            effective = SettingsService.merge(candidate, None, None)
+            effective = merge(candidate, None, None)
         else:
-            effective = SettingsService.merge(system, candidate, tenant)
+            effective = merge(system, candidate, tenant)
         errors = credential_errors(effective.document, own=loaded)
         if errors:
             raise ValidationFailed(errors={"settings": errors})

@@ -249,7 +249,7 @@ def _instance_environment() -> None:
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="smtpconf-metrics-")
     if not os.environ.get("SMTPCONF_GENERATIONS_FILE") and not Config.load().database_url.startswith("sqlite"):
-        from service.propagation import Board
+        from service.board import Board
 
         # Created before any worker starts, and found by every worker through the
         # environment however gunicorn starts them (fork, re-exec on upgrade).

@@ -14,7 +14,7 @@ from service import audit
 from service.db import Database, SecretProviderConnection, iso_utc, utcnow
 from service.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
 from service.propagation import announce, connection_edited
-from service.settings import etag_matches, etag_of, scopes_whose_password
+from service.settings_model import etag_matches, etag_of, scopes_whose_password
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 INTERNAL = "internal"

@@ -14,7 +14,7 @@ from service.oauth import TokenService
 from service.oauth_flows import Token, TokenDenied, TokenError, secret_field
 from service.schemas import is_oauth2
 from service.secrets import EXPIRY_WARNING, ResolvedPassword, SecretsService
-from service.settings import SYSTEM_SCOPE, Effective, auth_scope, auth_secret_context, plaintext_context
+from service.settings_model import SYSTEM_SCOPE, Effective, auth_scope, auth_secret_context, plaintext_context
 
 #: How long an effective read waits for a token endpoint: senders must not wait long.
 EFFECTIVE_TOKEN_TIMEOUT = 5.0

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -15,6 +13,9 @@ from typing import Any, Callable, Iterator
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from service.db_sqlite import sqlite_begin, sqlite_pragmas, sqlite_writable
+from service.db_watchdog import StatementWatchdog
 
 log = logging.getLogger("smtpconf.db")
 
@@ -163,8 +164,6 @@ class ServiceState(Base):
 DEFAULT_TIMEOUT_SECONDS = 5.0
 #: After a failed attempt, how long the database is not asked again (PostgreSQL).
 FAIL_FAST_SECONDS = 1.0
-#: How long the readiness probe waits for SQLite's write lock.
-PROBE_LOCK_WAIT_MS = 200
 #: SQLSTATEs that mean "not now" rather than "wrong": read-only transaction (a standby),
 #: operator intervention (shutdown, starting up), insufficient resources (too many connections).
 _UNAVAILABLE_SQLSTATES = ("25006", "57P", "53")
@@ -185,61 +184,6 @@ def is_unavailable(exc: BaseException) -> bool:
         sqlstate = getattr(exc.orig, "sqlstate", None) or ""
         return sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
     return False
-
-
-class StatementWatchdog:
-    """Cuts the connection of a statement that a hung server leaves unanswered past its deadline.
-
-    A PostgreSQL server that stops answering without closing its sockets (a
-    frozen host, SIGSTOP) would hold a query, and the request waiting for it,
-    for ever: libpq has no client-side timeout once connected. Shutting the
-    socket down makes the driver fail the statement as a lost connection,
-    which the service answers as ``database_unavailable``.
-    """
-
-    def __init__(self, limit: float) -> None:
-        self.limit = limit
-        self._inflight: dict[int, tuple[float, int]] = {}
-        self._lock = threading.Lock()
-        self._owner: int | None = None  # the process whose thread watches (workers are forked)
-
-    def watch(self, key: int, fd: int) -> None:
-        with self._lock:
-            self._inflight[key] = (time.monotonic() + self.limit, fd)
-            if self._owner != os.getpid():
-                self._owner = os.getpid()
-                threading.Thread(target=self._run, name="smtpconf-db-watchdog", daemon=True).start()
-
-    def done(self, key: int) -> None:
-        # Under the lock: once this returns, the watchdog will not touch the
-        # socket, so its connection may close it (and the number be reused).
-        with self._lock:
-            self._inflight.pop(key, None)
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(min(0.25, self.limit / 4))
-            now = time.monotonic()
-            # Under the lock: a statement still registered has not returned, so its
-            # socket is still its connection's and cannot have been reused.
-            with self._lock:
-                for key, (deadline, fd) in list(self._inflight.items()):
-                    if deadline <= now:
-                        del self._inflight[key]
-                        _shut_down(fd)
-
-
-def _shut_down(fd: int) -> None:
-    try:
-        sock = socket.socket(fileno=os.dup(fd))
-    except OSError:
-        return
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    finally:
-        sock.close()
 
 
 class Database:
@@ -275,19 +219,13 @@ class Database:
         self.watchdog: StatementWatchdog | None = None
         if self.engine.dialect.name == "postgresql":
             self.watchdog = StatementWatchdog(timeout)
-            event.listen(self.engine, "checkout", self._ping_on_checkout)
-            event.listen(self.engine, "before_cursor_execute", self._before_statement)
-            event.listen(self.engine, "after_cursor_execute", self._after_statement)
-            # Whatever happened to a statement, its watch ends when its
-            # connection goes back to the pool or is discarded.
-            for name in ("checkin", "invalidate", "soft_invalidate", "close"):
-                event.listen(self.engine, name, self._connection_released)
+            self.watchdog.attach(self.engine)
         if url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", sqlite_pragmas)
             # pysqlite's own transaction handling defers BEGIN; take it over so
             # that a write transaction starts with BEGIN IMMEDIATE and two
             # writers queue instead of failing with "database is locked".
-            event.listen(self.engine, "begin", _sqlite_begin)
+            event.listen(self.engine, "begin", sqlite_begin)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False, info={"database": self})
         #: The instance id written into change notifications, and who hears of committed changes.
         self.origin = ""
@@ -301,34 +239,6 @@ class Database:
     @property
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
-
-    def _ping_on_checkout(self, dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
-        # Pessimistic disconnect handling: a connection the database dropped
-        # (a restart) is replaced before use, and a hung one is cut by the watchdog.
-        key = id(dbapi_connection)
-        try:
-            self.watchdog.watch(key, dbapi_connection.fileno())  # type: ignore[union-attr]
-            self.engine.dialect.do_ping(dbapi_connection)
-        except Exception as exc:
-            raise sa.exc.DisconnectionError(f"ping failed ({type(exc).__name__})") from exc
-        finally:
-            self.watchdog.done(key)  # type: ignore[union-attr]
-
-    # One statement at a time runs on a DBAPI connection: watches are keyed by it.
-
-    def _before_statement(self, conn: sa.Connection, _cursor: Any, *_args: Any) -> None:
-        if conn.get_execution_options().get("no_deadline"):
-            return
-        dbapi_connection = conn.connection.dbapi_connection
-        if dbapi_connection is not None:
-            self.watchdog.watch(id(dbapi_connection), dbapi_connection.fileno())  # type: ignore[union-attr]
-
-    def _after_statement(self, conn: sa.Connection, _cursor: Any, *_args: Any) -> None:
-        self.watchdog.done(id(conn.connection.dbapi_connection))  # type: ignore[union-attr]
-
-    def _connection_released(self, dbapi_connection: Any, *_args: Any) -> None:
-        if dbapi_connection is not None:
-            self.watchdog.done(id(dbapi_connection))  # type: ignore[union-attr]
 
     @property
     def reachable(self) -> bool:
@@ -446,56 +356,20 @@ class Database:
         self._ping_engine.dispose()
 
     def writable(self) -> bool:
-        """Whether a write can be made now (SQLite: the file is neither locked nor read-only).
-
-        A write that is rolled back: it takes the write lock and writes a page,
-        waiting for the lock only briefly, as a probe must answer fast.
-        """
+        """Whether a write can be made now (SQLite: the file is neither locked nor read-only)."""
         if not self.is_sqlite:
             return True
-        import sqlite3
-
         try:
             raw = self.engine.raw_connection()
         except sa.exc.SQLAlchemyError as exc:
             if is_unavailable(exc):
                 return False
             raise
-        try:
-            # On the driver's connection: SQLAlchemy would begin a transaction
-            # (BEGIN IMMEDIATE, with the long wait) before the first PRAGMA.
-            connection = raw.dbapi_connection
-            connection.execute(f"PRAGMA busy_timeout = {PROBE_LOCK_WAIT_MS}")
-            try:
-                connection.execute("BEGIN IMMEDIATE")
-                connection.execute("UPDATE service_state SET value = value")
-            except sqlite3.OperationalError:
-                return False
-            finally:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                connection.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-        finally:
-            raw.close()
-        return True
+        return sqlite_writable(raw, self.timeout)
 
 
 def _drop_pending(session: Session) -> None:
     session.info.pop(PENDING_CHANGES, None)
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-def _sqlite_begin(conn: sa.Connection) -> None:
-    deferred = conn.get_execution_options().get("sqlite_deferred")
-    conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
 
 def alembic_config(connection: sa.Connection) -> Any:

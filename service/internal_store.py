@@ -14,7 +14,7 @@ from service.db import Database, InternalSecret, InternalSecretVersion, is_unava
 from service.errors import Conflict, NotFound, ValidationFailed
 from service.propagation import announce, refetch
 from service.rotation import internal_secret_context
-from service.settings import scopes_whose_password
+from service.settings_model import scopes_whose_password
 
 NAME = re.compile(r"^(?!.*//)(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._/-]{0,255}(?<!/)$")
 MAX_VALUE_LENGTH = 8192

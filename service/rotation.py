@@ -8,7 +8,7 @@ from service import audit
 from service.crypto import KeyRing
 from service.db import Database, InternalSecretVersion, SmtpSettings
 from service.oauth_flows import SECRET_FIELDS
-from service.settings import auth_secret_context, plaintext_context
+from service.settings_model import auth_secret_context, plaintext_context
 
 
 def internal_secret_context(name: str, version: int) -> str:

@@ -33,7 +33,8 @@ from service.db import Database, is_unavailable
 from service.errors import ApiError, PasswordUnavailable, ValidationFailed
 from service.internal_store import InternalStore
 from service.observability import SECRET_FETCHES
-from service.propagation import Applied, Propagator, announce, refetch
+from service.board import Applied
+from service.propagation import Propagator, announce, refetch
 
 log = logging.getLogger("smtpconf.secrets")
 EXPIRY_WARNING = dt.timedelta(days=14)

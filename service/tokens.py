@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from service.audit import record
 from service.db import ApiToken, Database, is_unavailable, utcnow
 from service.errors import DatabaseUnavailable
-from service.settings import TENANT_ID
+from service.settings_model import TENANT_ID
 
 ROLES = ("admin", "reader", "secret-reader", "security", "sender")
 TOKEN_PREFIX = "smtpconf_"

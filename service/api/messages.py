@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, request
 
 from service.api import int_query, json_body, json_response, principal, require_tenant, requires
 from service.errors import NotFound, ValidationFailed
-from service.settings import TENANT_ID, tenant_scope
+from service.settings_model import TENANT_ID, tenant_scope
 
 bp = Blueprint("messages", __name__)
 _IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, request
 from service.api import json_body, json_response, principal, query_flag, require_secure_transport, requires
 from service.errors import Forbidden, NotFound, ValidationFailed
 from service.schemas import NOTIFICATION_TYPES
-from service.settings import SYSTEM_SCOPE, tenant_scope
+from service.settings_model import SYSTEM_SCOPE, tenant_scope
 
 bp = Blueprint("smtp", __name__)
 
@@ -41,7 +41,7 @@ def _put(scope: str, tenant: str | None) -> Response:
                 errors={"settings": [result["error"]["message"]]},
                 extra={"result": result},
             )
-    stored = services.settings.put(scope, body, actor=principal().name, if_match=request.headers.get("If-Match"))
+    stored = services.settings_writer.put(scope, body, actor=principal().name, if_match=request.headers.get("If-Match"))
     system = services.settings.get(SYSTEM_SCOPE) if scope != SYSTEM_SCOPE else None
     return json_response(services.settings.view(stored, inherited_from=system), headers={"ETag": stored.etag})
 
@@ -73,7 +73,7 @@ def put_tenant(tenant: str) -> Response:
 @bp.delete("/v1/tenants/<tenant>/smtp")
 @requires("admin")
 def delete_tenant(tenant: str) -> Response:
-    _services().settings.delete(tenant_scope(tenant), actor=principal().name, if_match=request.headers.get("If-Match"))
+    _services().settings_writer.delete(tenant_scope(tenant), actor=principal().name, if_match=request.headers.get("If-Match"))
     return Response(status=204)
 
 

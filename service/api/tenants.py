@@ -6,7 +6,7 @@ from flask import Blueprint, Response, current_app, request
 
 from service.api import int_query, json_response, requires
 from service.errors import ValidationFailed
-from service.settings import TENANT_ID
+from service.settings_model import TENANT_ID
 
 bp = Blueprint("tenants", __name__)
 DEFAULT_LIMIT = 100

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from service.errors import DatabaseUnavailable
-from service.settings import TENANT_ID
+from service.settings_model import TENANT_ID
 from service.tokens import Authenticator, Principal
 
 SYSTEM_LEVEL = "*"

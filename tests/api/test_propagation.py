@@ -12,7 +12,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from service.propagation import Board, Change, connection_slot, secret_slot
+from service.board import Board, connection_slot, secret_slot
+from service.propagation import Change
 from tests.api.test_internal_secrets import effective_password, use_internal, write_secret
 from tests.conftest import Tokens
 
