@@ -9,7 +9,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import (
-    http_service, propagation, serving_stacks, slow_clients, smtp_check_vs_smtplib, warmup, xoauth2_vs_smtplib,
+    http_service,
+    propagation,
+    serving_stacks,
+    slow_clients,
+    smtp_check_vs_smtplib,
+    submission,
+    warmup,
+    xoauth2_vs_smtplib,
 )
 from bench.harness import print_table, require_wrk
 
@@ -24,6 +31,7 @@ def main() -> int:
     # The check engine first: its SMTP server process is forked before any thread starts.
     figures = smtp_check_vs_smtplib.measure(SMTP_ROUNDS)
     figures += xoauth2_vs_smtplib.measure(SMTP_ROUNDS)
+    figures += submission.measure()
     figures += http_service.measure()
     figures += serving_stacks.measure()
     figures += slow_clients.measure()

@@ -1,4 +1,4 @@
-"""The ``smtpconf`` command: serve, db upgrade, token create, rotate-master-key, dev."""
+"""The ``smtpconf`` command: serve, submission, db upgrade, token create, rotate-master-key, dev."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from typing import Any, Sequence
 from service.config import Config, ConfigError
 
 DEV_KEY_FILE = Path("var") / "dev-master.key"
+#: Where ``smtpconf dev`` (``make run``) runs the SMTP submission server unless SMTPCONF_SUBMISSION_BIND says.
+DEV_SUBMISSION_BIND = "127.0.0.1:2525"
 
 
 def _services() -> Any:
@@ -55,7 +57,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not _upgrade_in_child(config.database_url):
         print("smtpconf: the database could not be migrated", file=sys.stderr)
         return 1
-    run_gunicorn(args.bind, args.workers, tls=_tls_files(config))
+    tls = _tls_files(config)
+    submission = _submission_beside(config)
+    try:
+        run_gunicorn(args.bind, args.workers, tls=tls)
+    finally:
+        if submission is not None:
+            submission.stop()
+    return 0
+
+
+def _submission_beside(config: Config) -> Any:
+    """With SMTPCONF_SUBMISSION_BIND, the submission server as a supervised child process; else None."""
+    if not config.submission_bind:
+        return None
+    from service.submission.server import certificate
+    from service.submission.supervisor import Beside
+
+    certificate(config)  # a TLS setting it cannot use stops the start here, not in a restarting child
+    _instance_environment()
+    return Beside().start()
+
+
+def cmd_submission(args: argparse.Namespace) -> int:
+    """Run the SMTP submission server alone (SMTPCONF_SUBMISSION_BIND, or --bind)."""
+    from service.crypto import KeyRing
+    from service.observability import configure_logging
+    from service.submission.server import run
+
+    config = Config.load({"submission_bind": args.bind} if args.bind else None)
+    if not config.submission_bind:
+        raise ConfigError("SMTPCONF_SUBMISSION_BIND is not set (HOST:PORT, e.g. 0.0.0.0:587), nor --bind")
+    configure_logging(config.log_level)
+    KeyRing.from_config(config)
+    if not args.watch_stdin and not _upgrade_in_child(config.database_url):
+        print("smtpconf: the database could not be migrated", file=sys.stderr)
+        return 1
+    run(config, watch_stdin=args.watch_stdin)
     return 0
 
 
@@ -124,17 +162,30 @@ def cmd_dev(args: argparse.Namespace) -> int:
             f"!! Losing this file loses every stored password.\n{line}",
             file=sys.stderr,
         )
+    os.environ.setdefault("SMTPCONF_SUBMISSION_BIND", DEV_SUBMISSION_BIND)
     config = Config.load()
     db = Database(config.database_url)
     db.upgrade()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     print(f"database: {config.database_url}")
-    for name, roles in (("admin", ["admin"]), ("security", ["security"]), ("sender", ["secret-reader", "reader"])):
-        token = create_token(db, f"dev-{name}-{stamp}", roles)
-        print(f"{name + ' token':<16} ({', '.join(roles)}): {token}")
+    tokens = {}
+    for name, roles in (
+        ("admin", ["admin"]), ("security", ["security"]), ("sender", ["secret-reader", "reader"]), ("mailer", ["sender"]),
+    ):
+        tokens[name] = create_token(db, f"dev-{name}-{stamp}", roles)
+        print(f"{name + ' token':<16} ({', '.join(roles)}): {tokens[name]}")
     tls = _tls_files(config)
+    submission = _submission_beside(config)
+    if submission is not None:
+        from service.submission.server import how_to_send
+
+        print(how_to_send(config, tokens["mailer"]))
     print(f"serving on http{'s' if tls else ''}://{args.bind}  (Ctrl-C stops)", flush=True)
-    run_gunicorn(args.bind, args.workers, tls=tls)
+    try:
+        run_gunicorn(args.bind, args.workers, tls=tls)
+    finally:
+        if submission is not None:
+            submission.stop()
     return 0
 
 
@@ -156,17 +207,8 @@ def run_gunicorn(bind: str, workers: int, tls: Any = None) -> None:
     from gunicorn.app.base import BaseApplication
 
     global _reloader
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="smtpconf-metrics-")
     _reloader = tls
-    if not os.environ.get("SMTPCONF_GENERATIONS_FILE") and not Config.load().database_url.startswith("sqlite"):
-        from service.board import Board
-
-        # Created before any worker starts, and found by every worker through the
-        # environment however gunicorn starts them (fork, re-exec on upgrade).
-        # A SQLite database keeps its board next to the file instead, shared by
-        # every process on that file.
-        os.environ["SMTPCONF_GENERATIONS_FILE"] = str(Board.create_for_instance())
+    _instance_environment()
 
     def child_exit(_server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess
@@ -200,6 +242,21 @@ def run_gunicorn(bind: str, workers: int, tls: Any = None) -> None:
     Server().run()
 
 
+def _instance_environment() -> None:
+    """What every process of one instance shares, found through the environment: the metrics directory and
+    the generation board (the HTTP workers, and the submission server beside them)."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="smtpconf-metrics-")
+    if not os.environ.get("SMTPCONF_GENERATIONS_FILE") and not Config.load().database_url.startswith("sqlite"):
+        from service.board import Board
+
+        # Created before any worker starts, and found by every worker through the
+        # environment however gunicorn starts them (fork, re-exec on upgrade).
+        # A SQLite database keeps its board next to the file instead, shared by
+        # every process on that file.
+        os.environ["SMTPCONF_GENERATIONS_FILE"] = str(Board.create_for_instance())
+
+
 #: Loaded in the master before the workers fork, so that a worker started while a
 #: renewal is half-written still has the last pair that loaded.
 _reloader: Any = None
@@ -222,6 +279,12 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--bind", default="127.0.0.1:8080", help="HOST:PORT (default 127.0.0.1:8080)")
         p.add_argument("--workers", type=int, default=2 if name == "serve" else 1, help="gunicorn worker processes")
         p.set_defaults(handler=handler)
+
+    submission = sub.add_parser("submission", help="run the SMTP submission server alone (SMTPCONF_SUBMISSION_BIND)")
+    submission.add_argument("--bind", help="HOST:PORT (default SMTPCONF_SUBMISSION_BIND)")
+    # Set by serve, whose child it is: stop when serve's end of standard input closes.
+    submission.add_argument("--watch-stdin", action="store_true", help=argparse.SUPPRESS)
+    submission.set_defaults(handler=cmd_submission)
 
     db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", help="create or migrate the schema").set_defaults(handler=cmd_db_upgrade)

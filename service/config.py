@@ -44,6 +44,17 @@ def _as_float(name: str, value: Any) -> float:
     return number
 
 
+_POSITIVE_INTEGERS = (
+    "delivery_log_days",
+    "message_max_bytes",
+    "submission_max_bytes",
+    "submission_max_recipients",
+    "submission_max_connections",
+    "submission_max_connections_per_client",
+    "submission_messages_per_minute",
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Typed view of the service configuration."""
@@ -74,6 +85,15 @@ class Config:
     write_timeout_seconds: float = 30.0
     max_connections_per_worker: int = 10_000
     max_request_body_bytes: int = 16 * 1024 * 1024
+    #: HOST:PORT of the SMTP submission server; ``smtpconf serve`` runs one beside the HTTP workers when set.
+    submission_bind: str | None = None
+    submission_implicit_tls: bool = False
+    submission_max_bytes: int = 25 * 1024 * 1024
+    submission_max_recipients: int = 100
+    submission_max_connections: int = 200
+    submission_max_connections_per_client: int = 20
+    submission_messages_per_minute: int = 600
+    submission_idle_seconds: float = 300.0
     #: Days the delivery log keeps a row.
     delivery_log_days: int = 30
     #: The largest body the message routes take (every other route: 64 KiB).
@@ -93,13 +113,13 @@ class Config:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in raw.items() if k in known}
         values.setdefault("database_url", default_database_url())
-        for name in ("fips_mode", "testing", "allow_plaintext_secrets"):
+        for name in ("fips_mode", "testing", "allow_plaintext_secrets", "submission_implicit_tls"):
             if name in values:
                 values[name] = _as_bool(values[name])
         for name in ("rate_limit_per_minute", "max_connections_per_worker", "max_request_body_bytes"):
             if name in values:
                 values[name] = _as_int(name.upper(), values[name])
-        for name in ("delivery_log_days", "message_max_bytes"):
+        for name in _POSITIVE_INTEGERS:
             if name in values:
                 values[name] = _as_int(name.upper(), values[name])
                 if values[name] < 1:
@@ -107,18 +127,29 @@ class Config:
         for name in (
             "secret_sync_interval_seconds", "database_timeout_seconds", "token_outage_grace_seconds",
             "header_timeout_seconds", "body_min_bytes_per_second", "keepalive_timeout_seconds",
-            "request_timeout_seconds", "write_timeout_seconds",
+            "request_timeout_seconds", "write_timeout_seconds", "submission_idle_seconds",
         ):
             if name in values:
                 values[name] = _as_float(name.upper(), values[name])
         values["database_url"] = normalise_database_url(str(values["database_url"]))
         if bool(values.get("tls_cert_file")) != bool(values.get("tls_key_file")):
             raise ConfigError("SMTPCONF_TLS_CERT_FILE and SMTPCONF_TLS_KEY_FILE are set together or not at all")
+        if values.get("submission_bind"):
+            parse_bind(str(values["submission_bind"]), "SUBMISSION_BIND")
         try:
             parse_networks(values.get("trusted_proxies"))
         except ValueError as exc:
             raise ConfigError(f"SMTPCONF_TRUSTED_PROXIES: {exc}") from None
         return cls(**values)
+
+
+def parse_bind(text: str, name: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as a host and a port number."""
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"SMTPCONF_{name} must be HOST:PORT, not {text!r}")
+    return host, int(port)
 
 
 def default_database_url() -> str:
