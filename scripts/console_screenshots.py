@@ -1,6 +1,6 @@
 """Regenerate the console screenshots in docs/ with headless Chromium against a seeded service on loopback.
 
-Run from the repository root: ``python scripts/console_screenshots.py`` (needs the test extra
+Run from the repository root: ``.venv/bin/python scripts/console_screenshots.py`` (after ``make test``: the test extra
 and Debian's chromium and chromium-driver, as the browser tests do).
 """
 
