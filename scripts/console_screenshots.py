@@ -127,6 +127,30 @@ def main() -> None:
 
         page.button("Sign out").click()
         page.sign_in(security)
+        client.put(
+            "/v1/secret-providers/corp-kv",
+            headers=as_security,
+            json={"type": "azure_key_vault", "vault_url": "https://corp.vault.azure.net", "credential": {"kind": "default"},
+                  "allowed_secrets": ["smtp-*"]},
+        )
+        page.go("Secret managers")
+        page.button("Add connection").click()
+        Select(page.by_label("Type")).select_by_visible_text("HashiCorp Vault")
+        page.fill("Name", "corp-vault")
+        page.fill("URL", "vault.example.com")
+        Select(page.by_label("Auth method")).select_by_visible_text("AppRole")
+        page.fill("Auth role ID", "smtpconf")
+        Select(page.by_label("Auth secret ID from")).select_by_visible_text("File")
+        page.fill("Auth secret ID reference", "/run/secrets/vault-secret-id")
+        page.fill("Allowed secrets (optional)", "mail/*")
+        page.button("Save connection").click()
+        page.wait(lambda d: d.find_element(By.ID, "connection-error-summary").is_displayed())
+        shoot(page, "connection-editor", "#connection-form")
+        page.button("Cancel").click()
+        page.driver.find_element(By.CSS_SELECTOR, "button[aria-label='Create event key for corp-kv']").click()
+        page.find("#event-key-value")
+        shoot(page, "secret-managers")
+
         page.go("Audit trail")
         rows = page.wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#audit-list tbody tr"))
         rows[2].find_element(By.TAG_NAME, "summary").click()  # the system settings change, password redacted

@@ -9,6 +9,8 @@ const CHOICES = {
   managed_identity: 'Managed identity', workload_identity: 'Workload identity',
 };
 const REFERENCE_KINDS = [['env', 'Environment variable'], ['file', 'File'], ['internal', 'Internal secret']];
+/** Fields every connection has: after the ones that say where the manager is and how to log in. */
+const LAST = ['allowed_secrets', 'cache_ttl_seconds', 'max_stale_seconds', 'timeout_seconds', 'max_retries'];
 const HINTS = {
   allowed_secrets: 'Glob patterns of the secrets settings may use, comma separated (mail/*). Empty: none.',
   cache_ttl_seconds: 'How long a value read from the manager is used before it is read again.',
@@ -45,7 +47,9 @@ function discriminatorOf(variant) {
 export function buildObject(container, schema, value, { path = [], title = '', required = schema.required || [], skip = [] } = {}) {
   const readers = [];
   const children = [];
-  for (const [key, property] of Object.entries(schema.properties || {})) {
+  const rank = ([key]) => LAST.indexOf(key);
+  const ordered = Object.entries(schema.properties || {}).sort((a, b) => rank(a) - rank(b));
+  for (const [key, property] of ordered) {
     if (skip.includes(key)) continue;
     const here = [...path, key];
     const built = buildField(container, key, property, value ? value[key] : undefined, {

@@ -106,7 +106,7 @@ export async function renderSecretManagers(main, ctx, notice = null) {
     });
     const edit = el('button', { type: 'button', class: 'secondary', 'aria-label': `Edit ${connection.name}` }, 'Edit');
     edit.addEventListener('click', () => openEditor(connection));
-    const actions = el('td', { class: 'actions' }, edit);
+    const actions = el('div', { class: 'row-actions' }, edit);
     if (connection.type !== 'internal') {
       const remove = el('button', { type: 'button', class: 'secondary', 'aria-label': `Delete ${connection.name}` }, 'Delete');
       remove.addEventListener('click', () => confirmDelete(connection, panel, () => rerender(`Connection "${connection.name}" deleted.`)));
@@ -122,7 +122,7 @@ export async function renderSecretManagers(main, ctx, notice = null) {
       el('td', {}, TYPE_NAMES[connection.type] || connection.type),
       el('td', {}, where(connection)),
       el('td', {}, (connection.allowed_secrets || []).join(', ') || 'none'),
-      el('td', {}, button), result, actions);
+      el('td', {}, button), result, el('td', {}, actions));
   });
   const add = el('button', { type: 'button', class: 'primary', id: 'add-connection' }, 'Add connection');
   add.addEventListener('click', () => openEditor(null));
