@@ -29,6 +29,10 @@ def test_add_edit_and_delete_a_vault_connection(console):
     Select(page.by_label("Type")).select_by_visible_text("HashiCorp Vault")
     # No choice to type a credential in: the auth token is a reference, and no field takes a password.
     assert page.driver.find_elements(By.CSS_SELECTOR, "#connection-form input[type=password]") == []
+    # Every control has a visible label of its own.
+    for control in page.driver.find_elements(By.CSS_SELECTOR, "#connection-form input, #connection-form select, #connection-form textarea"):
+        labels = page.driver.find_elements(By.CSS_SELECTOR, f"label[for='{control.get_attribute('id')}']")
+        assert len(labels) == 1 and labels[0].text.strip(), control.get_attribute("id")
     page.fill("Name", "corp-vault")
     page.fill("URL", "not a url")
     page.fill("Cache TTL (seconds) (optional)", "-5")
