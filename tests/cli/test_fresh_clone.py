@@ -94,3 +94,34 @@ def test_readme_test_command_runs_in_the_project_venv_and_installs_once(clone: t
     assert second.returncode == 0, second.stdout + second.stderr
     assert "installing" not in second.stderr
     assert f"using {checkout / '.venv'}" in second.stderr
+
+
+def test_a_python_without_venv_support_gets_debians_python3_venv_installed_first(tmp_path: Path) -> None:
+    """As root with apt-get, a missing ensurepip (Debian without python3-venv) is installed, then the venv created."""
+    if os.geteuid() != 0:
+        pytest.skip("the package is installed as root only")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    installed = tmp_path / "apt-installed"
+    # apt-get records what it was asked for; python3 lacks ensurepip until the package is "installed".
+    (bin_dir / "apt-get").write_text(f'#!/bin/sh\necho "$@" >> {installed}\n')
+    (bin_dir / "python3").write_text(
+        "#!/bin/sh\n"
+        f'if [ ! -s {installed} ] || ! grep -q "install.*python3-venv" {installed}; then\n'
+        f'  exec {DEBIAN_PYTHON} -c "import sys; sys.modules[\'ensurepip\'] = None; exec(sys.argv[1])" "$2"\n'
+        "fi\n"
+        f'exec {DEBIAN_PYTHON} "$@"\n'
+    )
+    for script in bin_dir.iterdir():
+        script.chmod(0o755)
+    project = tmp_path / "project"
+    project.mkdir()
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run(
+        ["bash", "-c", f". {ROOT / 'scripts' / 'venv.sh'} && _venv_create"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "installing the python3-venv Debian package" in done.stderr
+    assert "install -y -qq --no-install-recommends python3-venv" in installed.read_text()
+    assert (project / ".venv" / "bin" / "pip").exists()
