@@ -5,7 +5,7 @@ import { el, append, replace, clear, field } from './dom.js';
 import { buildObject } from './schema-form.js';
 
 export const TYPE_NAMES = { internal: 'Internal secret manager', hashicorp_vault: 'HashiCorp Vault', azure_key_vault: 'Azure Key Vault', cyberark: 'CyberArk' };
-/** Shown, never sent: the service keeps them. */
+/** Members of a read connection that are not part of its document: never sent back. */
 const READ_ONLY = ['name', 'version', 'updated_at', 'updated_by'];
 
 /** Every message of a problem's `errors`, with its dotted path: {"auth": {"role_id": ["..."]}} -> [["auth.role_id", "..."]]. */
@@ -26,9 +26,9 @@ function flatten(errors, prefix = []) {
 
 /**
  * Opens the editor in `slot`: a new connection when `connection` is null, else that connection (its name and type fixed).
- * `onSaved(record)` runs after a successful save; `onClose()` after Cancel.
+ * `onSaved(record)` runs after a successful save; Cancel just closes it.
  */
-export async function openConnectionEditor(slot, { connection, etag, onSaved, onClose }) {
+export async function openConnectionEditor(slot, { connection, etag, onSaved }) {
   const editing = Boolean(connection);
   const all = (await api.providerTypes()).filter((type) => type.connection_schema && (editing || type.source !== 'internal'));
   const summary = el('div', { class: 'error-summary', id: 'connection-error-summary', role: 'alert', tabindex: '-1', hidden: true });
@@ -95,7 +95,7 @@ export async function openConnectionEditor(slot, { connection, etag, onSaved, on
     summary.focus();
   }
 
-  cancel.addEventListener('click', () => { clear(slot); onClose(); });
+  cancel.addEventListener('click', () => clear(slot));
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     clearErrors();

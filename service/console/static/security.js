@@ -76,7 +76,6 @@ export async function renderSecretManagers(main, ctx, notice = null) {
     await openConnectionEditor(panel, {
       connection, etag,
       onSaved: (record) => rerender(`Connection "${record.name}" saved (version ${record.version}).`),
-      onClose: () => {},
     });
   };
   const rows = connections.map((connection) => {
