@@ -175,3 +175,18 @@ def test_password_dialog_pins_a_version_and_the_editor_shows_it(console, system_
     saved = console.client.get("/v1/smtp", headers=console.tokens.headers("admin")).json
     assert saved["password"] == {"source": "internal", "secret": "smtp/relay", "version": None}
     assert CANARY not in page.driver.page_source
+
+
+def test_an_edit_over_someone_elses_change_is_refused_not_lost(console):
+    security = console.tokens.headers("security")
+    connection = {"type": "azure_key_vault", "vault_url": "https://corp.vault.azure.net", "credential": {"kind": "default"}}
+    assert console.client.put("/v1/secret-providers/corp-kv", json=connection, headers=security).status_code == 201
+    page = open_secret_managers(console)
+    row_button(page, "Edit corp-kv").click()
+    page.fill("Allowed secrets (optional)", "smtp-*")
+    # Someone else saves in between: the page's If-Match no longer matches.
+    assert console.client.put("/v1/secret-providers/corp-kv", json={**connection, "allowed_secrets": ["other"]}, headers=security).status_code == 200
+    page.button("Save connection").click()
+    summary = page.wait(lambda d: d.find_element(By.ID, "connection-error-summary") if d.find_element(By.ID, "connection-error-summary").is_displayed() else False)
+    assert "Someone else changed this connection" in summary.text
+    assert console.client.get("/v1/secret-providers/corp-kv", headers=security).json["allowed_secrets"] == ["other"]
