@@ -58,6 +58,8 @@ class _Flight:
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     resolution: Resolution | None = None
     error: BaseException | None = None
+    #: Set under the cache lock once the fetch has answered: its outcome is reported after any "slow" one.
+    answered: bool = False
 
 
 @dataclasses.dataclass(eq=False)
@@ -102,11 +104,9 @@ class SecretCache:
       ``SecretNotAllowed`` are the manager's own answer that the value is gone
       or forbidden, so they also forget the last good value: a later outage
       must not bring it back. ``purge`` does the same on the service's behalf.
-    * After a ``ProviderUnavailable`` the manager is not asked again for that key
-      for ``failure_backoff`` seconds: callers get the stale value, or the same
-      error when there is none.
-    * ``refresh=True`` (a server rejected the cached password) skips the fresh
-      value and waits for a fetch, but honours the failure backoff.
+    * After a ``ProviderUnavailable`` the key's manager rests ``failure_backoff``
+      seconds: callers get the stale value, or the same error.
+    * ``refresh=True`` (a rejected password) waits for a fetch, within the failure backoff.
     * ``invalidate`` marks values for refetch: the next resolution waits for
       the manager, and if the manager cannot be reached the last good value is
       still served stale within ``max_stale``. A fetch that started before the
@@ -129,16 +129,15 @@ class SecretCache:
         self._entries: dict[CacheKey, _Entry] = {}
         self._generation = 0
         self._stats = {"hits": 0, "misses": 0, "fetches": 0, "stale_served": 0, "failures": 0, "refreshes_ahead": 0}
-        #: Called with (provider, ok, error code) after every fetch: how the service learns a manager's health.
-        self.on_outcome: Callable[[str, bool, str | None], None] | None = None
+        #: Told (provider, "ok" | "degraded" | "down", error code) of each fetch, and when stale serves a slow one.
+        self.on_outcome: Callable[[str, str, str | None], None] | None = None
 
     def __repr__(self) -> str:
         with self._lock:
             return f"<SecretCache entries={len(self._entries)} generation={self._generation}>"
 
     @property
-    def generation(self) -> int:
-        """How many times ``invalidate`` has run in this process."""
+    def generation(self) -> int:  # how many times ``invalidate`` has run in this process
         with self._lock:
             return self._generation
 
@@ -188,6 +187,8 @@ class SecretCache:
                     stale = self._stale(entry, self._clock(), self._wall(), max_stale)
                     if stale is not None:
                         self._stats["stale_served"] += 1
+                        if not flight.answered:  # the manager is slow or hung: said at once, not after its timeout
+                            self._report(key.provider, "degraded", ProviderUnavailable.code)
                         return stale
             flight.done.wait()
             if outdated:
@@ -249,8 +250,7 @@ class SecretCache:
         with self._lock:
             return any(key.provider == provider and entry.secret is not None for key, entry in self._entries.items())
 
-    def keys(self) -> list[CacheKey]:
-        """The keys that hold a value."""
+    def keys(self) -> list[CacheKey]:  # the keys that hold a value
         with self._lock:
             return [key for key, entry in self._entries.items() if entry.secret is not None]
 
@@ -293,8 +293,8 @@ class SecretCache:
             try:
                 secret = fetch()
             except BaseException as exc:
-                self._report(key.provider, False, getattr(exc, "code", type(exc).__name__))
-                stale = self._after_failure(key, entry, exc, max_stale)
+                stale = self._after_failure(key, entry, flight, exc, max_stale)
+                self._report(key.provider, "down" if stale is None else "degraded", getattr(exc, "code", type(exc).__name__))
                 if stale is None:
                     flight.error = exc
                     return
@@ -307,8 +307,8 @@ class SecretCache:
                 )
                 flight.resolution = stale
                 return
-            self._report(key.provider, True, None)
             with self._lock:
+                flight.answered = True
                 if self._entries.get(key) is entry and entry.mark == flight.mark:
                     entry.refetch = False
                 if self._entries.get(key) is entry:
@@ -319,6 +319,7 @@ class SecretCache:
                     entry.ttl = ttl
                     entry.retry_after = float("-inf")
                     entry.last_error = None
+            self._report(key.provider, "ok", None)
             flight.resolution = Resolution(secret, fetched_at=started_wall, stale=False, from_cache=False)
         finally:
             with self._lock:
@@ -326,19 +327,20 @@ class SecretCache:
                     entry.flight = None
             flight.done.set()
 
-    def _report(self, provider: str, ok: bool, code: str | None) -> None:
+    def _report(self, provider: str, status: str, code: str | None) -> None:
         listener = self.on_outcome
         if listener is not None:
             try:
-                listener(provider, ok, code)
+                listener(provider, status, code)
             except Exception:  # a broken listener must not fail the fetch
                 log.exception("secret cache outcome listener failed")
 
     def _after_failure(
-        self, key: CacheKey, entry: _Entry, exc: BaseException, max_stale: float
+        self, key: CacheKey, entry: _Entry, flight: _Flight, exc: BaseException, max_stale: float
     ) -> Resolution | None:
         """Record a failed fetch; the stale resolution to serve instead, or ``None`` to raise ``exc``."""
         with self._lock:
+            flight.answered = True
             self._stats["failures"] += 1
             if isinstance(exc, (SecretNotFound, SecretNotAllowed)):
                 entry.secret = entry.hit = None

@@ -19,9 +19,11 @@ from service.api import register_error_handlers
 from service.body_drain import DrainUnreadBody
 from service.checks import CheckService
 from service.config import Config, ConfigError
+from service.credentials import CredentialPath
 from service.crypto import KeyRing
 from service.db import Database
 from service.propagation import Board, Propagator, board_path, private_board_path
+from service.readiness import HealthBoard, Readiness
 from service.observability import (
     HTTP_LATENCY,
     HTTP_REQUESTS,
@@ -31,8 +33,11 @@ from service.observability import (
 )
 from service.rotation_events import RotationEvents
 from service.oauth import TokenService
+from service.token_store import SharedTokens
 from service.secrets import SecretsService
 from service.settings import SettingsService
+from service import smtp_check
+from service.sending import DeliveryLog, Pool, SendingCore
 from service.smtp_check import DestinationPolicy
 from service.tokens import Authenticator
 from service.transport import ClientOrigin, parse_networks
@@ -76,9 +81,15 @@ class Services:
     authenticate: Authenticator
     events: RotationEvents
     propagator: Propagator
+    credentials: CredentialPath
+    health: Readiness
+    sending: SendingCore
 
     def close(self) -> None:
+        self.sending.pool.close()
+        self.sending.deliveries.close()
         self.secrets.close()
+        self.health.board.close()
         self.propagator.close()
         self.db.close()
 
@@ -87,10 +98,9 @@ class Services:
         connections and the system password (which loads its manager's client library)."""
         try:
             self.secrets.sync()
-            effective = self.settings.effective(None)
-            reference = effective.document.get("password")
-            if reference is not None and reference.get("source") != "plaintext":
-                self.secrets.resolve(reference, "system")
+            getter = self.credentials.password_getter(self.settings.effective(None))
+            if getter is not None:
+                getter(False)
         except Exception as exc:  # a cold start is only slower; requests will say what is wrong
             log.info("warm-up incomplete", extra={"error": type(exc).__name__})
 
@@ -104,7 +114,7 @@ class Services:
             serving = self.settings.holds_settings()
             return {"status": "degraded" if serving else "down", "database": "down", "providers": {}}
         database = "ok" if self.db.writable() else "read_only"
-        providers = self.secrets.readiness()
+        providers = self.health.report()
         degraded = database != "ok" or any(p["status"] != "ok" for p in providers.values())
         return {"status": "degraded" if degraded else "ok", "database": database, "providers": providers}
 
@@ -134,13 +144,23 @@ def build_services(config: Config) -> Services:
     except ValueError as exc:
         raise ConfigError(f"SMTPCONF_SMTP_ALLOWED_PORTS / SMTPCONF_SMTP_DENIED_NETWORKS: {exc}") from None
     # Token endpoints are held to the SMTP destination policy's denied networks (any HTTPS port).
-    secrets.tokens = TokenService(policy)
-    checks = CheckService(settings, secrets, policy, fips_mode=config.fips_mode, rate_limit=config.rate_limit_per_minute)
+    tokens = TokenService(policy, shared=SharedTokens(f"{path}.tokens", keyring))
+    credentials = CredentialPath(secrets, keyring, tokens)
+    checks = CheckService(
+        settings, secrets, credentials, policy, fips_mode=config.fips_mode, rate_limit=config.rate_limit_per_minute
+    )
     authenticate = Authenticator(db, outage_grace=config.token_outage_grace_seconds)
+    sending = SendingCore(
+        settings,
+        credentials,
+        Pool(policy, smtp_check.default_resolver, fips_mode=config.fips_mode),
+        DeliveryLog(db, retention_days=config.delivery_log_days),
+    )
     propagator.start()
     db.watch()
     return Services(
-        config, db, keyring, registry, settings, secrets, checks, authenticate, RotationEvents(db, secrets), propagator
+        config, db, keyring, registry, settings, secrets, checks, authenticate, RotationEvents(db, secrets), propagator,
+        credentials, Readiness(secrets, HealthBoard(f"{path}.health")), sending=sending,
     )
 
 
@@ -158,13 +178,14 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     _register_request_hooks(app)
 
-    from service.api import console, ops, secret_providers, secrets, smtp, tenants
+    from service.api import console, messages, ops, secret_providers, secrets, smtp, tenants
 
     app.register_blueprint(ops.bp)
     app.register_blueprint(smtp.bp)
     app.register_blueprint(secret_providers.bp)
     app.register_blueprint(secrets.bp)
     app.register_blueprint(tenants.bp)
+    app.register_blueprint(messages.bp)
     app.register_blueprint(console.bp)
     return app
 

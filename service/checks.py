@@ -15,14 +15,14 @@ from service import smtp_check
 from service.errors import ApiError, ValidationFailed
 from service.observability import SMTP_CHECKS
 from service.schemas import SYSTEM_DEFAULTS, check_address, credential_errors, is_oauth2, load_settings
-from service.secrets import PasswordUnavailable, SecretsService, TokenUnavailable, password_scope
+from service.credentials import CredentialPath
+from service.secrets import SecretsService
 from service.settings import (
     DESTINATION_FIELDS,
     SYSTEM_SCOPE,
     Effective,
     SettingsService,
     StoredSettings,
-    auth_scope,
     check_auth_references,
     kept_auth_secret_changes,
 )
@@ -69,6 +69,7 @@ class CheckService:
         self,
         settings: SettingsService,
         secrets: SecretsService,
+        credentials: CredentialPath,
         policy: smtp_check.DestinationPolicy,
         *,
         fips_mode: bool,
@@ -76,6 +77,7 @@ class CheckService:
     ) -> None:
         self.settings = settings
         self.secrets = secrets
+        self.credentials = credentials
         self.policy = policy
         self.fips_mode = fips_mode
         self.limiter = RateLimiter(rate_limit)
@@ -195,19 +197,10 @@ class CheckService:
         return {**stored_password, "_stored_scope": stored.scope}
 
     def check(self, effective: Effective, *, send_to: str | None, include_cc_bcc: bool) -> dict[str, Any]:
-        reference = effective.document.get("password")
-        getter = None
-        token_getter = None
-        if is_oauth2(effective.document):
-            token_getter = self._token_getter(effective)
-        elif reference is not None:
-            scope = reference.get("_stored_scope") or password_scope(effective)
-            reference = {k: v for k, v in reference.items() if k != "_stored_scope"}
-            getter = self._getter(reference, scope)
         request = smtp_check.CheckRequest(
             settings=effective.document,
-            get_password=getter,
-            get_token=token_getter,
+            get_password=self.credentials.password_getter(effective),
+            get_token=self.credentials.token_getter(effective),
             policy=self.policy,
             send_to=send_to,
             include_cc_bcc=include_cc_bcc,
@@ -215,38 +208,6 @@ class CheckService:
             fips_mode=self.fips_mode,
         )
         return smtp_check.run_check(request)
-
-    def _getter(self, reference: dict[str, Any], scope: str) -> smtp_check.PasswordGetter:
-        def get(refresh: bool) -> smtp_check.ResolvedPassword:
-            if reference.get("source") == "plaintext" and "value" in reference:
-                return smtp_check.ResolvedPassword(reference["value"], "plaintext", None, False)
-            try:
-                resolved = self.secrets.resolve(reference, scope, refresh=refresh)
-            except PasswordUnavailable as exc:
-                raise smtp_check.PasswordUnavailable(exc.detail, source=reference.get("source")) from None
-            return smtp_check.ResolvedPassword(resolved.value, resolved.source, resolved.version, resolved.from_cache)
-
-        return get
-
-    def _token_getter(self, effective: Effective) -> smtp_check.TokenGetter:
-        auth = effective.document["auth"]
-        scope = auth_scope(effective)
-        subject = str(effective.document["username"])
-        # A hung token endpoint costs at most the check's own timeout.
-        timeout = float(effective.document.get("timeout_seconds") or 10)
-
-        def get(refresh: bool) -> smtp_check.AccessToken:
-            try:
-                token = self.secrets.access_token(auth, scope, subject, refresh=refresh, timeout=timeout)
-            except PasswordUnavailable as exc:
-                raise smtp_check.TokenUnavailable(
-                    f"The OAuth2 client credential could not be resolved: {exc.detail}", code="password_unavailable"
-                ) from None
-            except TokenUnavailable as exc:
-                raise smtp_check.TokenUnavailable(exc.detail, oauth_error=exc.extra.get("oauth_error")) from None
-            return smtp_check.AccessToken(token.value, token.flow, token.expires_at_datetime, token.from_cache)
-
-        return get
 
 
 def _epoch() -> dt.datetime:

@@ -37,11 +37,12 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     db = Database(Config.load().database_url)
     db.upgrade()
     try:
-        token = create_token(db, args.name, args.role)
+        token = create_token(db, args.name, args.role, tenants=args.tenant)
     except TokenError as exc:
         print(f"smtpconf: {exc}", file=sys.stderr)
         return 2
-    print(f"token {args.name!r} with role(s) {', '.join(sorted(set(args.role)))}; it is shown once:")
+    limited = f", for tenant(s) {', '.join(sorted(set(args.tenant)))}" if args.tenant else ""
+    print(f"token {args.name!r} with role(s) {', '.join(sorted(set(args.role)))}{limited}; it is shown once:")
     print(token)
     return 0
 
@@ -252,7 +253,10 @@ def parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)
     create = token.add_parser("create", help="create a token and print it (last line)")
     create.add_argument("--name", required=True)
-    create.add_argument("--role", action="append", required=True, help="admin, reader, secret-reader or security")
+    create.add_argument("--role", action="append", required=True, help="admin, reader, secret-reader, security or sender")
+    create.add_argument(
+        "--tenant", action="append", default=None, help="restrict the token to this tenant (repeatable; default: unrestricted)"
+    )
     create.set_defaults(handler=cmd_token_create)
 
     sub.add_parser("rotate-master-key", help="re-encrypt stored secrets under the first master key").set_defaults(

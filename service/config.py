@@ -66,6 +66,10 @@ class Config:
     trusted_proxies: str | None = None
     database_timeout_seconds: float = 5.0
     token_outage_grace_seconds: float = 300.0
+    #: Days the delivery log keeps a row.
+    delivery_log_days: int = 30
+    #: The largest body the message routes take (every other route: 64 KiB).
+    message_max_bytes: int = 10 * 1024 * 1024
     testing: bool = False
 
     @classmethod
@@ -86,6 +90,11 @@ class Config:
                 values[name] = _as_bool(values[name])
         if "rate_limit_per_minute" in values:
             values["rate_limit_per_minute"] = _as_int("RATE_LIMIT_PER_MINUTE", values["rate_limit_per_minute"])
+        for name in ("delivery_log_days", "message_max_bytes"):
+            if name in values:
+                values[name] = _as_int(name.upper(), values[name])
+                if values[name] < 1:
+                    raise ConfigError(f"SMTPCONF_{name.upper()} must be at least 1")
         for name in ("secret_sync_interval_seconds", "database_timeout_seconds", "token_outage_grace_seconds"):
             if name in values:
                 values[name] = _as_float(name.upper(), values[name])

@@ -61,6 +61,8 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
     roles: Mapped[list[str]]
     created_at: Mapped[dt.datetime]
+    #: The tenants a restricted token may act for; None: every tenant and the system level.
+    tenants: Mapped[list[str] | None] = mapped_column(sa.JSON(), nullable=True, default=None)
 
 
 class SmtpSettings(Base):

@@ -116,3 +116,23 @@ class DatabaseUnavailable(ApiError):
     def __init__(self, detail: str | None = None, *, retry_after: int = RETRY_AFTER_SECONDS, **kwargs: Any) -> None:
         headers = {"Retry-After": str(retry_after), **(kwargs.pop("headers", None) or {})}
         super().__init__(detail or "The database cannot be reached now; try again shortly.", headers=headers, **kwargs)
+
+
+class TenantNotAllowed(ApiError):
+    """A token restricted to tenants asked for another tenant or for the system level."""
+
+    status = 403
+    code = "tenant_not_allowed"
+    title = "This token may not act for this tenant"
+
+
+class PasswordUnavailable(ApiError):
+    status = 503
+    code = "password_unavailable"
+    title = "The SMTP password cannot be resolved"
+
+
+class TokenUnavailable(ApiError):
+    status = 503
+    code = "token_unavailable"
+    title = "No OAuth2 access token can be obtained"

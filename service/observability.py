@@ -38,6 +38,12 @@ SECRET_FETCHES = Counter(
     "smtpconf_secret_fetches_total", "Reads from secret managers", ["source", "outcome"]
 )
 SMTP_CHECKS = Counter("smtpconf_smtp_checks_total", "SMTP validations and test mails", ["kind", "outcome"])
+MESSAGES = Counter(
+    "smtpconf_messages_total",
+    "Messages sent through the service (channel: http or smtp; outcome: sent, rejected, unavailable, "
+    "credential_unavailable, failed)",
+    ["channel", "outcome"],
+)
 TOKEN_REQUESTS = Counter(
     "smtpconf_oauth_token_requests_total",
     "OAuth2 token requests to token endpoints (outcome: ok, the endpoint's error code, or failed)",

@@ -27,6 +27,7 @@ import logging
 import mmap
 import os
 import secrets
+import shutil
 import struct
 import tempfile
 import threading
@@ -339,9 +340,11 @@ class Propagator:
             self._thread.join(timeout=5)
         self.board.close()
         if self._own_board:
-            with contextlib.suppress(OSError):
-                self.board.path.unlink()
-                Path(f"{self.board.path}.listener").unlink()
+            # The board and what lives next to it: the listener lock, readiness, shared access tokens.
+            for suffix in ("", ".listener", ".health"):
+                with contextlib.suppress(OSError):
+                    Path(f"{self.board.path}{suffix}").unlink()
+            shutil.rmtree(f"{self.board.path}.tokens", ignore_errors=True)
 
     def _committed(self, pending: list[tuple[tuple[Change, ...], dict[str, int]]]) -> None:
         for changes, generations in pending:

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from service import audit
 from service.crypto import KeyRing
 from service.db import Database, InternalSecretVersion, SmtpSettings
-from service.oauth import SECRET_FIELDS
+from service.oauth_flows import SECRET_FIELDS
 from service.settings import auth_secret_context, plaintext_context
 
 

@@ -8,60 +8,38 @@ import json
 import logging
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import sqlalchemy as sa
 from marshmallow import ValidationError
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from providers.base import (
     ProviderContext,
     ProviderError,
     ProviderMisconfigured,
-    ProviderUnavailable,
     SecretNotAllowed,
     SecretProvider,
     SecretValue,
-    expires_soon,
     secret_allowed,
 )
 from providers.cache import CacheKey, Resolution, SecretCache
 from providers.registry import ProviderRegistry
 from service import audit
 from service.connections import INTERNAL, ConnectionService
-from service.crypto import DecryptionError, KeyRing
-from service.db import Database, PasswordAccess, is_unavailable, iso_utc, utcnow
-from service.errors import ApiError, ValidationFailed
+from service.access_log import AccessLog
+from service.crypto import KeyRing
+from service.db import Database, is_unavailable
+from service.errors import ApiError, PasswordUnavailable, ValidationFailed
 from service.internal_store import InternalStore
 from service.observability import SECRET_FETCHES
-from service.oauth import Token, TokenError, TokenService, secret_field
 from service.propagation import Applied, Propagator, announce, refetch
-from service.schemas import is_oauth2
-from service.settings import auth_scope, auth_secret_context, plaintext_context
 
 log = logging.getLogger("smtpconf.secrets")
 EXPIRY_WARNING = dt.timedelta(days=14)
 #: Names one listing answers with, at most (pickers, not exports).
 MAX_LISTED_NAMES = 1000
-#: Seconds between background checks of each manager for ``/readyz``.
-READINESS_INTERVAL = 5.0
 MAX_PLANS = 256
-EFFECTIVE_TOKEN_TIMEOUT = 5.0
-
-
-class PasswordUnavailable(ApiError):
-    status = 503
-    code = "password_unavailable"
-    title = "The SMTP password cannot be resolved"
-
-
-class TokenUnavailable(ApiError):
-    status = 503
-    code = "token_unavailable"
-    title = "No OAuth2 access token can be obtained"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +56,7 @@ class ResolvedPassword:
 
 
 @dataclasses.dataclass(eq=False)
-class _Plan:
+class Plan:
     """How one stored reference is resolved under one snapshot of the connections."""
 
     key: CacheKey
@@ -87,6 +65,7 @@ class _Plan:
     max_stale: float
     #: How ``password_access`` names the secret.
     label: str
+    source: str
     #: The fields ``password_fields`` last returned: (resolution, expiry warning due, fields).
     last_fields: tuple[Resolution, bool, dict[str, Any]] | None = dataclasses.field(default=None, repr=False)
 
@@ -115,11 +94,9 @@ class SecretsService:
         self.connections = ConnectionService(db, registry)
         self.store = InternalStore(db, keyring)
         self.cache = cache or SecretCache()
-        self.cache.on_outcome = self._observed
         self.propagator = propagator
         self._lock = threading.Lock()
-        self._noted: set[tuple[str, str, str, str]] = set()
-        self._noting: set[tuple[str, str, str, str]] = set()
+        self.access_log = AccessLog(db)
         self._snapshot: dict[str, dict[str, Any]] | None = None
         self._last_snapshot: dict[str, dict[str, Any]] | None = None
         self._snapshot_flight = threading.Lock()
@@ -128,16 +105,10 @@ class SecretsService:
         # Keyed by identity: references come from settings documents kept
         # between requests, and each entry holds its reference so that the id
         # cannot be reused by another object while the entry lives.
-        self._plans: dict[int, tuple[Mapping[str, Any], _Plan]] = {}
+        self._plans: dict[int, tuple[Mapping[str, Any], Plan]] = {}
         self._providers: dict[str, tuple[int, SecretProvider]] = {}
-        # What is known of each connection's manager: (monotonic time, reachable, error code).
-        self._health: dict[str, tuple[float, bool, str | None]] = {}
-        self._checked_at = float("-inf")
-        self._checking: set[str] = set()
         self._settings_listeners: list[Callable[[], None]] = []
         propagator.subscribe(self._apply)
-        #: OAuth2 access tokens for settings with ``auth.method: oauth2`` (set by the app).
-        self.tokens: TokenService | None = None
 
     # coherence across workers and instances
 
@@ -179,7 +150,14 @@ class SecretsService:
                 also(session, generation, marked)
         return marked, generation
 
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Every connection, as every worker sees them after the last announced change."""
+        self.sync()
+        return self._connections()
+
     def connection(self, name: str) -> dict[str, Any] | None:
+        """The connection as every worker sees it after the last announced change."""
+        self.sync()
         return self._connections().get(name)
 
     def _connections(self) -> dict[str, dict[str, Any]]:
@@ -206,7 +184,7 @@ class SecretsService:
                     self._snapshot = snapshot
         return snapshot
 
-    def _provider(self, name: str, record: dict[str, Any]) -> SecretProvider:
+    def provider(self, name: str, record: dict[str, Any]) -> SecretProvider:
         with self._lock:
             held = self._providers.get(name)
             if held and held[0] == record["version"]:
@@ -257,7 +235,6 @@ class SecretsService:
         name = connection_name(loaded)
         if not name:
             raise ValidationFailed(errors={"password": {"provider": ["Name the connection to read it from."]}})
-        self.sync()
         record = self.connection(name)
         if record is None or record["document"]["type"] != loaded["source"]:
             raise ValidationFailed(
@@ -274,15 +251,12 @@ class SecretsService:
 
     # resolution
 
-    def resolve(self, reference: Mapping[str, Any], scope: str, *, refresh: bool = False) -> ResolvedPassword:
-        """The password a stored reference names, or 503 ``password_unavailable``."""
-        source = str(reference.get("source"))
-        if source == "plaintext":
-            return self._plaintext(reference, scope)
-        _plan, resolution = self._resolution(reference, source, refresh)
+    def resolve(self, reference: Mapping[str, Any], *, refresh: bool = False) -> ResolvedPassword:
+        """The secret a manager reference names, or 503 ``password_unavailable``."""
+        _plan, resolution = self.resolution(reference, refresh)
         return ResolvedPassword(
             value=resolution.secret.value,
-            source=source,
+            source=str(reference.get("source")),
             version=resolution.secret.version,
             resolved_at=dt.datetime.fromtimestamp(resolution.fetched_at, dt.timezone.utc),
             stale=resolution.stale,
@@ -290,9 +264,10 @@ class SecretsService:
             expires_at=resolution.secret.expires_at,
         )
 
-    def _resolution(self, reference: Mapping[str, Any], source: str, refresh: bool = False) -> tuple[_Plan, Resolution]:
+    def resolution(self, reference: Mapping[str, Any], refresh: bool = False) -> tuple[Plan, Resolution]:
+        """How a manager reference resolves, and the cache's answer for it."""
         self.sync()
-        plan = self._plan(reference, source)
+        plan = self._plan(reference, str(reference.get("source")))
         try:
             return plan, self.cache.resolve(plan.key, plan.fetch, plan.ttl, plan.max_stale, refresh=refresh)
         except ProviderError as exc:
@@ -300,7 +275,7 @@ class SecretsService:
                 f"The password cannot be read from {plan.key.provider!r}: {exc.message}", extra={"reason": exc.code}
             ) from None
 
-    def _plan(self, reference: Mapping[str, Any], source: str) -> _Plan:
+    def _plan(self, reference: Mapping[str, Any], source: str) -> Plan:
         """Connection, allow-list, cache key and provider for a reference: worked out once per snapshot."""
         # Read without the lock: the dict is replaced, never emptied in place, when the snapshot goes.
         held = self._plans.get(id(reference))
@@ -322,7 +297,7 @@ class SecretsService:
                 f"The connection {name!r} does not allow the secret {secret!r}.", extra={"reason": SecretNotAllowed.code}
             )
         variant = json.dumps({k: v for k, v in reference.items() if k not in ("source", "provider")}, sort_keys=True)
-        provider = self._provider(name, record)
+        provider = self.provider(name, record)
 
         def fetch() -> Any:
             try:
@@ -334,12 +309,13 @@ class SecretsService:
             SECRET_FETCHES.labels(source, "ok").inc()
             return value
 
-        plan = _Plan(
+        plan = Plan(
             CacheKey(provider=name, secret=secret, version=variant),
             fetch,
             float(document.get("cache_ttl_seconds", 300)),
             float(document.get("max_stale_seconds", 0)),
             secret_label(reference),
+            source,
         )
         with self._lock:
             # A snapshot dropped meanwhile may have held another provider or allow-list.
@@ -348,119 +324,6 @@ class SecretsService:
                     self._plans = {}  # candidate checks bring new references every time
                 self._plans[id(reference)] = (reference, plan)
         return plan
-
-    def _plaintext(self, reference: Mapping[str, Any], scope: str) -> ResolvedPassword:
-        try:
-            value = self.keyring.decrypt(reference["ciphertext"], plaintext_context(scope))
-        except (DecryptionError, KeyError):
-            raise PasswordUnavailable("The stored password cannot be decrypted with the configured master keys.") from None
-        return ResolvedPassword(value, "plaintext", reference.get("version"), utcnow())
-
-    def resolve_auth_secret(self, auth: Mapping[str, Any], scope: str, *, refresh: bool = False) -> ResolvedPassword:
-        """The client secret, certificate or key of an OAuth2 ``auth`` object, or 503 ``password_unavailable``."""
-        name = secret_field(auth)
-        reference = auth[name]
-        if reference.get("source") != "plaintext":
-            return self.resolve(reference, scope, refresh=refresh)
-        if "value" in reference:  # candidate settings, not stored yet
-            return ResolvedPassword(reference["value"], "plaintext", None, utcnow())
-        scope = reference.get("_stored_scope") or scope
-        try:
-            value = self.keyring.decrypt(reference["ciphertext"], auth_secret_context(scope, name))
-        except (DecryptionError, KeyError):
-            raise PasswordUnavailable(f"The stored {name} cannot be decrypted with the configured master keys.") from None
-        return ResolvedPassword(value, "plaintext", reference.get("version"), utcnow())
-
-    def access_token(
-        self, auth: Mapping[str, Any], scope: str, subject: str, *, refresh: bool = False, timeout: float | None = None
-    ) -> Token:
-        """An access token for the mailbox ``subject``; 503 ``password_unavailable`` or ``token_unavailable``."""
-        assert self.tokens is not None
-        secret = self.resolve_auth_secret(auth, scope)
-        try:
-            return self.tokens.get(auth, secret.value, subject, refresh=refresh, timeout=timeout)
-        except TokenError as exc:
-            raise TokenUnavailable(
-                f"No access token: {exc.message}".replace(secret.value, "********"),
-                extra={"oauth_error": exc.oauth_error},
-            ) from None
-
-    def token_fields(self, effective: Any) -> dict[str, Any]:
-        """What ``include_password=true`` adds under OAuth2: the access token, never the client secret or key."""
-        document = effective.document
-        # Senders must not wait long: a hung endpoint answers 503 within this bound.
-        token = self.access_token(document["auth"], auth_scope(effective), str(document["username"]), timeout=EFFECTIVE_TOKEN_TIMEOUT)
-        return {
-            "password": None,
-            "password_version": None,
-            "password_resolved_at": None,
-            "access_token": token.value,
-            "access_token_expires_at": iso_utc(token.expires_at_datetime),
-            "sasl_mechanism": "XOAUTH2",
-        }
-
-    def password_fields(self, effective: Any, token_name: str) -> dict[str, Any]:
-        """The fields ``include_password=true`` adds, and who-read-what bookkeeping."""
-        if is_oauth2(effective.document):
-            return self.token_fields(effective)
-        reference = effective.document.get("password")
-        if reference is None:
-            return {"password": None, "password_version": None, "password_resolved_at": None}
-        source = str(reference.get("source"))
-        if source == "plaintext":
-            resolved = self._plaintext(reference, password_scope(effective))
-            self.note_access(token_name, reference, resolved)
-            return _password_fields(resolved.value, resolved.version, resolved.resolved_at, resolved.stale, resolved.expires_at)
-        plan, resolution = self._resolution(reference, source)
-        secret = resolution.secret
-        self._note(token_name, source, plan.label, secret.version)
-        # A fresh cache hit is the same Resolution object until the value is fetched
-        # again, so its fields are worked out once; only an expiry warning can come due meanwhile.
-        soon = expires_soon(secret, within=EXPIRY_WARNING)
-        last = plan.last_fields
-        if last is not None and last[0] is resolution and last[1] == soon:
-            return last[2]
-        resolved_at = dt.datetime.fromtimestamp(resolution.fetched_at, dt.timezone.utc)
-        fields = _password_fields(secret.value, secret.version, resolved_at, resolution.stale, secret.expires_at)
-        plan.last_fields = (resolution, soon, fields)
-        return fields
-
-    def note_access(self, token_name: str, reference: Mapping[str, Any], resolved: ResolvedPassword) -> None:
-        """Record the first time a token reads a password version; never the value."""
-        self._note(token_name, resolved.source, secret_label(reference), resolved.version)
-
-    def _note(self, token_name: str, source: str, label: str, version: str | None) -> None:
-        key = (token_name, source, label, version or "")
-        if key in self._noted or not self.db.reachable:
-            return  # during an outage the reading is noted when the database is back and it is read again
-        with self._lock:
-            if key in self._noting:
-                return  # another thread is recording it; the read need not wait for that
-            self._noting.add(key)
-        try:
-            with self.db.transaction() as session:
-                exists = session.scalar(
-                    sa.select(PasswordAccess.id).where(
-                        PasswordAccess.token_name == key[0],
-                        PasswordAccess.source == key[1],
-                        PasswordAccess.secret == key[2],
-                        PasswordAccess.version == key[3],
-                    )
-                )
-                if exists is None:
-                    session.add(
-                        PasswordAccess(token_name=key[0], source=key[1], secret=key[2], version=key[3], first_at=utcnow())
-                    )
-            self._noted.add(key)
-        except IntegrityError:
-            self._noted.add(key)  # another worker recorded it first
-        except Exception as exc:
-            if not is_unavailable(exc):
-                raise
-            # Bookkeeping must not stop a sender; noted on a later read.
-        finally:
-            with self._lock:
-                self._noting.discard(key)
 
     # the security team's operations
 
@@ -486,73 +349,13 @@ class SecretsService:
         record = self.connections.get(name)
         allowed = record["document"].get("allowed_secrets", [])
         try:
-            listing = self._provider(name, record).list_secrets(
+            listing = self.provider(name, record).list_secrets(
                 prefix, accept=lambda secret: secret_allowed(secret, allowed), limit=MAX_LISTED_NAMES
             )
         except ProviderError as exc:
             log.warning("secret listing failed", extra={"provider": name, "error_code": exc.code})
             raise ApiError(exc.message, status=exc.status, code=exc.code, title="The secret manager cannot list") from None
         return {"names": listing.names, "truncated": listing.truncated}
-
-    def check_connection(self, name: str) -> dict[str, Any]:
-        record = self.connections.get(name)
-        started = time.monotonic()
-        try:
-            self._provider(name, record).check()
-            error = None
-        except ProviderError as exc:
-            error = {"code": exc.code, "message": exc.message}
-        self._observed(name, error is None, error and error["code"])
-        elapsed = int((time.monotonic() - started) * 1000)
-        return {"ok": error is None, "status": "ok" if error is None else "down", "error": error, "elapsed_ms": elapsed}
-
-    # readiness: answered at once from what is known, learnt in the background
-
-    def _observed(self, name: str, ok: bool, code: str | None) -> None:
-        """A fetch or a check reached (or failed to reach) ``name``'s manager."""
-        self._health[name] = (time.monotonic(), ok, code)
-
-    def readiness(self) -> dict[str, dict[str, Any]]:
-        """Each connection: ok, degraded (down, cached values still serve) or down; never waits on a manager."""
-        self.sync()
-        connections = self._connections()
-        now = time.monotonic()
-        if now - self._checked_at >= READINESS_INTERVAL:
-            self._checked_at = now
-            for name, record in connections.items():
-                self._check_in_background(name, record)
-        report: dict[str, dict[str, Any]] = {}
-        for name in connections:
-            known = self._health.get(name)
-            if known is None:
-                report[name] = {"status": "ok", "detail": "not_checked_yet"}
-            elif known[1]:
-                report[name] = {"status": "ok"}
-            else:
-                serving = known[2] == ProviderUnavailable.code and self.cache.has_values(provider=name)
-                report[name] = {"status": "degraded" if serving else "down", "detail": known[2] or "error"}
-        return report
-
-    def _check_in_background(self, name: str, record: dict[str, Any]) -> None:
-        with self._lock:
-            if name in self._checking:
-                return  # the last check has not answered yet (a hung manager): its outcome will come
-            self._checking.add(name)
-
-        def check() -> None:
-            try:
-                self._provider(name, record).check()
-                self._observed(name, True, None)
-            except ProviderError as exc:
-                self._observed(name, False, exc.code)
-            except Exception as exc:  # a provider bug must not kill readiness
-                log.warning("readiness check failed", extra={"provider": name, "error": type(exc).__name__})
-                self._observed(name, False, "provider_error")
-            finally:
-                with self._lock:
-                    self._checking.discard(name)
-
-        threading.Thread(target=check, name=f"readiness:{name}", daemon=True).start()
 
     def close(self) -> None:
         with self._lock:
@@ -561,34 +364,8 @@ class SecretsService:
             provider.close()
 
 
-def _password_fields(
-    value: str, version: str | None, resolved_at: dt.datetime, stale: bool, expires_at: dt.datetime | None
-) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "password": value,
-        "password_version": version,
-        "password_resolved_at": iso_utc(resolved_at),
-    }
-    warnings = []
-    if stale:
-        fields["password_stale"] = True
-        warnings.append("password_stale")
-    if expires_soon(SecretValue("", version, expires_at), within=EXPIRY_WARNING):
-        warnings.append("password_expires_soon")
-    if warnings:
-        fields["warnings"] = warnings
-    return fields
-
-
 def connection_name(reference: Mapping[str, Any]) -> str | None:
     return INTERNAL if reference.get("source") == INTERNAL else reference.get("provider")
-
-
-def password_scope(effective: Any) -> str:
-    """The settings row a plaintext password is sealed to: the level it was set at."""
-    if effective.tenant is not None and "password" in effective.tenant.document:
-        return effective.tenant.scope
-    return "system"
 
 
 def secret_label(reference: Mapping[str, Any]) -> str:

@@ -22,7 +22,7 @@ from service import audit
 from service.crypto import KeyRing
 from service.db import Database, SmtpSettings, is_unavailable, iso_utc, utcnow
 from service.errors import DatabaseUnavailable, NotFound, PreconditionFailed, ValidationFailed
-from service.oauth import ENDPOINT_FIELDS, SECRET_FIELDS, with_defaults
+from service.oauth_flows import ENDPOINT_FIELDS, SECRET_FIELDS, with_defaults
 from service.propagation import SETTINGS, announce
 from service.schemas import SETTINGS_FIELDS, SYSTEM_DEFAULTS, check_auth_plaintext, credential_errors, is_oauth2, load_settings
 

@@ -14,8 +14,9 @@ import sqlalchemy as sa
 from service.audit import record
 from service.db import ApiToken, Database, is_unavailable, utcnow
 from service.errors import DatabaseUnavailable
+from service.settings import TENANT_ID
 
-ROLES = ("admin", "reader", "secret-reader", "security")
+ROLES = ("admin", "reader", "secret-reader", "security", "sender")
 TOKEN_PREFIX = "smtpconf_"
 #: How long a worker trusts a token it found in the database without asking again.
 TOKEN_CACHE_SECONDS = 3.0
@@ -31,6 +32,12 @@ class Principal:
 
     name: str
     roles: frozenset[str]
+    #: The tenants a restricted token is limited to; None: unrestricted.
+    tenants: tuple[str, ...] | None = None
+
+    def may_act_for(self, tenant: str | None) -> bool:
+        """Whether this caller may act for ``tenant`` (None: the system level); the one place that decides it."""
+        return self.tenants is None or (tenant is not None and tenant in self.tenants)
 
 
 def hash_token(token: str) -> str:
@@ -43,8 +50,10 @@ class TokenError(ValueError):
     """A token cannot be created as asked."""
 
 
-def create_token(db: Database, name: str, roles: list[str], actor: str = "cli") -> str:
-    """Store a new token's hash and return the token itself (shown once)."""
+def create_token(
+    db: Database, name: str, roles: list[str], actor: str = "cli", tenants: list[str] | None = None
+) -> str:
+    """Store a new token's hash and return the token itself (shown once); ``tenants`` restricts it."""
     unknown = sorted(set(roles) - set(ROLES))
     if unknown:
         raise TokenError(f"unknown role(s): {', '.join(unknown)}; roles are {', '.join(ROLES)}")
@@ -52,12 +61,20 @@ def create_token(db: Database, name: str, roles: list[str], actor: str = "cli") 
         raise TokenError("a token needs at least one role")
     if not name or len(name) > 128:
         raise TokenError("a token name is 1 to 128 characters")
+    if tenants is not None:
+        bad = [tenant for tenant in tenants if not TENANT_ID.match(tenant)]
+        if bad or not tenants:
+            raise TokenError(f"not a tenant id: {', '.join(map(repr, bad)) or 'none given'}")
+        tenants = sorted(set(tenants))
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     with db.transaction() as session:
         if session.scalar(sa.select(ApiToken.id).where(ApiToken.name == name)) is not None:
             raise TokenError(f"a token named {name!r} exists already")
-        session.add(ApiToken(name=name, token_hash=hash_token(token), roles=sorted(set(roles)), created_at=utcnow()))
-        record(session, actor=actor, action="token.create", target=f"token:{name}", after={"name": name, "roles": sorted(set(roles))})
+        session.add(
+            ApiToken(name=name, token_hash=hash_token(token), roles=sorted(set(roles)), created_at=utcnow(), tenants=tenants)
+        )
+        after = {"name": name, "roles": sorted(set(roles)), "tenants": tenants}
+        record(session, actor=actor, action="token.create", target=f"token:{name}", after=after)
     return token
 
 
@@ -152,5 +169,8 @@ class Authenticator:
 
     def _lookup(self, digest: str) -> Principal | None:
         with self.db.read() as session:
-            row = session.execute(sa.select(ApiToken.name, ApiToken.roles).where(ApiToken.token_hash == digest)).first()
-        return None if row is None else Principal(name=row.name, roles=frozenset(row.roles))
+            query = sa.select(ApiToken.name, ApiToken.roles, ApiToken.tenants).where(ApiToken.token_hash == digest)
+            row = session.execute(query).first()
+        if row is None:
+            return None
+        return Principal(name=row.name, roles=frozenset(row.roles), tenants=None if row.tenants is None else tuple(row.tenants))

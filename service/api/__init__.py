@@ -17,6 +17,7 @@ from service.errors import (
     DatabaseUnavailable,
     Forbidden,
     InvalidJson,
+    TenantNotAllowed,
     TlsRequired,
     Unauthorized,
     ValidationFailed,
@@ -56,8 +57,14 @@ def principal() -> Principal:
     return g.principal
 
 
-def requires(*roles: str) -> Callable[[F], F]:
-    """The view needs a bearer token carrying one of ``roles`` (none given: any role)."""
+def requires(*roles: str, checks_tenant: bool = False) -> Callable[[F], F]:
+    """The view needs a bearer token carrying one of ``roles`` (none given: any role).
+
+    A token restricted to tenants reaches a route only for one of its tenants
+    (the ``tenant`` of the path; a route without one is the system level's),
+    except the routes open to any role, which belong to no level.
+    ``checks_tenant``: the view decides itself (the tenant is in its query).
+    """
 
     def decorate(view: F) -> F:
         @functools.wraps(view)
@@ -72,6 +79,8 @@ def requires(*roles: str) -> Callable[[F], F]:
                 raise Unauthorized("The token is not valid.", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
             if roles and who.roles.isdisjoint(roles):
                 raise Forbidden(f"This needs one of the roles: {', '.join(roles)}.")
+            if roles and not checks_tenant and not who.may_act_for(kwargs.get("tenant")):
+                raise TenantNotAllowed(_not_allowed(kwargs.get("tenant")))
             g.principal = who
             return view(*args, **kwargs)
 
@@ -79,6 +88,16 @@ def requires(*roles: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def _not_allowed(tenant: str | None) -> str:
+    return f"This token may not act for tenant {tenant!r}." if tenant is not None else "This token may not act at the system level."
+
+
+def require_tenant(who: Principal, tenant: str | None) -> None:
+    """403 ``tenant_not_allowed`` unless ``who`` may act for ``tenant`` (None: the system level)."""
+    if not who.may_act_for(tenant):
+        raise TenantNotAllowed(_not_allowed(tenant))
 
 
 def require_secure_transport() -> None:
@@ -161,6 +180,9 @@ def register_error_handlers(app: Flask) -> None:
         status = error.code or 500
         code, title = PROBLEM_CODES.get(status, ("http_error", error.name))
         detail = title if status != 405 else f"{request.method} is not allowed here."
+        if status == 413 and request.max_content_length:
+            # The message routes take more than the 64 KiB of every other route.
+            detail = f"Request body too large ({request.max_content_length} bytes at most)."
         response = problem(ApiError(detail, status=status, code=code, title=title))
         if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
             response.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]

@@ -43,7 +43,8 @@ def openapi() -> Response:
 @requires()
 def whoami() -> Response:
     caller = principal()
-    return json_response({"name": caller.name, "roles": sorted(caller.roles)})
+    tenants = None if caller.tenants is None else list(caller.tenants)
+    return json_response({"name": caller.name, "roles": sorted(caller.roles), "tenants": tenants})
 
 
 @bp.get("/v1/audit")

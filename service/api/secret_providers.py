@@ -53,7 +53,7 @@ def delete_connection(name: str) -> Response:
 @bp.post("/v1/secret-providers/<name>/check")
 @requires("security")
 def check_connection(name: str) -> Response:
-    return json_response(_secrets().check_connection(name))
+    return json_response(current_app.extensions["smtpconf"].health.check_connection(name))
 
 
 @bp.get("/v1/secret-providers/<name>/secrets")

@@ -99,7 +99,7 @@ def _effective(tenant: str | None) -> Response:
     if notification is not None:
         extra = services.settings.notification_fields(effective, notification)
     if include_password:
-        extra.update(services.secrets.password_fields(effective, caller.name))
+        extra.update(services.credentials.effective_fields(effective, caller.name))
     view = services.settings.effective_view(effective, extra)
     headers = [("ETag", view.etag), ("Cache-Control", "no-store" if include_password else "no-cache")]
     if request.environ.get("HTTP_IF_NONE_MATCH") and request.if_none_match.contains_weak(view.etag.strip('"')):

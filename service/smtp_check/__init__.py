@@ -2,7 +2,7 @@
 
 The modules, one concern each: ``policy`` (where a check may connect),
 ``request`` (what it is asked), ``connection`` (the wire and TLS), ``auth``
-(SASL mechanisms as pure encoders), ``message`` (the test mail),
+(SASL mechanisms as pure encoders), ``login`` (the AUTH exchanges), ``message`` (the test mail),
 ``dialogue`` (the stages) and ``errors``. This package never imports Flask.
 """
 
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.smtp_check.dialogue import MASK, SECURITY_MODES, STAGES, Check
+from service.smtp_check.dialogue import SECURITY_MODES, STAGES, Check
+from service.smtp_check.login import MASK
 from service.smtp_check.policy import (
     DEFAULT_ALLOWED_PORTS,
     DEFAULT_DENIED,

@@ -12,6 +12,7 @@ from typing import Any
 from service.smtp_check import auth
 from service.smtp_check.connection import Connection, describe_certificate, tls_context
 from service.smtp_check.errors import AuthRejected, Failure
+from service.smtp_check.login import MASK, authenticate_password, authenticate_token
 from service.smtp_check.message import a_label, data_payload, test_message, wire_address
 from service.smtp_check.policy import LOOKUPS, Resolver, ip_literal
 from service.smtp_check.request import AccessToken, CheckRequest, PasswordUnavailable, ResolvedPassword, TokenUnavailable
@@ -23,9 +24,6 @@ STAGES = (
     "auth", "mail_from", "rcpt_to", "data", "quit", "done",
 )
 SECURITY_MODES = ("none", "starttls", "ssl")
-MASK = "********"
-# Exchange Online's answers when password (basic) authentication is turned off by policy.
-_BASIC_AUTH_DISABLED = {(535, "5.7.139"), (550, "5.7.30")}
 # "AUTH=LOGIN PLAIN" is the pre-RFC 4954 spelling some servers still send.
 _EXTENSION_SEPARATOR = re.compile(r"[ =]")
 _CONTROL_CHARACTERS = dict.fromkeys([*range(9), *range(10, 32), 127], "\ufffd")
@@ -345,77 +343,13 @@ class Check:
 
     def _authenticate(self, connection: Connection, password: ResolvedPassword) -> None:
         self.stage = "auth"
-        if "AUTH" not in self._offered:
-            raise Failure("auth_unsupported", "The server does not offer authentication; the credentials were not sent.")
-        mechanisms = set(self._offered["AUTH"].upper().split())
         domain = self.request.settings.get("domain")
         login = f"{domain}\\{self.username}" if domain else str(self.username)
-        if "PLAIN" in mechanisms:
-            payload = auth.auth_plain_encode(login, password.value)
-            self._secrets.append(payload)
-            reply = connection.command(f"AUTH PLAIN {payload}", shown=f"AUTH PLAIN {MASK}")
-        elif "LOGIN" in mechanisms:
-            reply = connection.command("AUTH LOGIN")
-            if reply.code == 334:
-                reply = connection.command(auth.auth_login_encode(login), shown=MASK)
-            if reply.code == 334:
-                reply = connection.command(auth.b64(password.value), shown=MASK)
-        else:
-            offered = " ".join(sorted(mechanisms)) or "none"
-            raise Failure("auth_unsupported", f"The server offers AUTH {offered}, but neither PLAIN nor LOGIN.")
-        if reply.code == 235:
-            return
-        if reply.code == 334:
-            raise Failure("protocol_error", "The server asked for more authentication data than PLAIN or LOGIN define.", reply, polite=False)
-        if reply.code == 504:
-            raise Failure("auth_unsupported", "The server refused the authentication mechanism it offered.", reply)
-        if (reply.code, reply.enhanced) in _BASIC_AUTH_DISABLED:
-            raise Failure(
-                "basic_auth_disabled",
-                "The server refuses password (basic) authentication by policy: use auth.method oauth2 "
-                "(for Exchange Online, the microsoft flow).",
-                reply,
-            )
-        raise AuthRejected("auth_failed", "The server rejected the username or password.", reply)
+        authenticate_password(connection, self._offered, login, password.value, self._secrets)
 
     def _authenticate_with_token(self, connection: Connection, token: AccessToken) -> None:
         self.stage = "auth"
-        if "AUTH" not in self._offered:
-            raise Failure("auth_unsupported", "The server does not offer authentication; the token was not sent.")
-        mechanisms = set(self._offered["AUTH"].upper().split())
-        mechanism = auth.pick(mechanisms, auth.TOKEN_MECHANISMS)
-        if mechanism is None:
-            offered = " ".join(sorted(mechanisms)) or "none"
-            raise Failure("auth_unsupported", f"The server offers AUTH {offered}, but neither XOAUTH2 nor OAUTHBEARER.")
-        user = str(self.username)
-        if mechanism == "XOAUTH2":
-            payload = auth.xoauth2_encode(user, token.value)
-        else:
-            payload = auth.oauthbearer_encode(user, token.value, self.wire_host, self.port)
-        self._secrets.append(payload)
-        if auth.fits_one_line(mechanism, payload):
-            reply = connection.command(f"AUTH {mechanism} {payload}", shown=f"AUTH {mechanism} {MASK}")
-        else:
-            # Too long for one command line (RFC 5321 4.5.3.1.4; Gmail answers 555 5.5.2):
-            # the response follows the server's empty challenge instead.
-            reply = connection.command(f"AUTH {mechanism}")
-            if reply.code == 334:
-                reply = connection.command(payload, shown=MASK)
-        detail = ""
-        if reply.code == 334:
-            # A refused token: the server explains in a JSON challenge and waits for a
-            # dummy response before its final reply (RFC 7628 3.2.3).
-            explained = auth.oauth_error(reply.text)
-            if explained and explained.get("status"):
-                detail = f" (status {str(explained['status'])[:20]})"
-            reply = connection.command(auth.OAUTH_ERROR_ACK[mechanism])
-        if reply.code == 235:
-            return
-        if reply.code == 334:
-            raise Failure("protocol_error", "The server kept asking for authentication data after the token.", reply, polite=False)
-        if reply.code == 504:
-            raise Failure("auth_unsupported", "The server refused the authentication mechanism it offered.", reply)
-        raise AuthRejected("auth_failed", f"The server refused the access token for {user}{detail}.", reply)
+        authenticate_token(connection, self._offered, str(self.username), token.value, (self.wire_host, self.port), self._secrets)
 
     def _send_test_mail(self, connection: Connection, send_to: str) -> None:
         settings = self.request.settings

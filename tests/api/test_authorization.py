@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from service.tokens import create_token
 from tests.conftest import SYSTEM_SETTINGS
 
-ROLES = ("admin", "reader", "secret-reader", "security")
+ROLES = ("admin", "reader", "secret-reader", "security", "sender")
 # Loopback port 25 is closed here: a check against it ends at once with connection_refused.
+# No recipient: a sender gets 422 without any mail server being asked.
+NO_RECIPIENT = {"subject": "matrix", "text": "matrix"}
 CANDIDATE = {"settings": {"host": "127.0.0.1", "port": 25, "security": "none", "from_email": "a@example.com"}}
 ANY = frozenset(ROLES)
 
@@ -44,6 +47,11 @@ MATRIX = [
     ("PUT", "/v1/secrets/smtp/relay", {"security"}, {"value": "matrix-value"}),
     ("GET", "/v1/secrets/smtp/relay", {"security"}, None),
     ("DELETE", "/v1/secrets/no/such/secret", {"security"}, None),
+    ("POST", "/v1/messages", {"sender"}, NO_RECIPIENT),
+    ("POST", "/v1/tenants/t1/messages", {"sender"}, NO_RECIPIENT),
+    ("GET", "/v1/messages", {"admin", "security"}, None),
+    ("GET", "/v1/messages?tenant=t1", {"admin", "security"}, None),
+    ("GET", "/v1/messages/1", {"admin", "security"}, None),
 ]
 RULES = {
     "/v1/tenants/t1/": "/v1/tenants/<tenant>/",
@@ -51,6 +59,7 @@ RULES = {
     "/v1/secret-providers/no-such-connection": "/v1/secret-providers/<name>",
     "/v1/secrets/smtp/relay": "/v1/secrets/<path:name>",
     "/v1/secrets/no/such/secret": "/v1/secrets/<path:name>",
+    "/v1/messages/1": "/v1/messages/<int:id>",
 }
 
 
@@ -125,3 +134,56 @@ def test_every_protected_route_is_in_the_matrix(app):
             continue
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             assert (method, rule.rule) in covered, f"{method} {rule.rule} has no row in the role matrix"
+
+
+def _restricted(app, name: str, *tenants: str) -> dict[str, str]:
+    token = create_token(app.extensions["smtpconf"].db, name, list(ROLES), tenants=list(tenants))
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _tenant_of(path: str) -> str:
+    """The tenant a matrix path acts for: t1, or "" for the system level."""
+    if "/v1/tenants/t1/" in path or "tenant=t1" in path:
+        return "t1"
+    return ""
+
+
+@pytest.mark.parametrize("method,path,allowed,body", MATRIX, ids=[f"{m} {p}" for m, p, _, _ in MATRIX])
+def test_a_restricted_token_reaches_its_tenants_routes_only(configured, app, method, path, allowed, body):
+    own = _restricted(app, "restricted-t1", "t1")
+    other = _restricted(app, "restricted-t2", "t2")
+    response = configured.open(path, method=method, json=body, headers=own)
+    elsewhere = configured.open(path, method=method, json=body, headers=other)
+    if allowed == ANY:
+        # The catalogues and whoami belong to no level.
+        assert response.status_code == 200 and elsewhere.status_code == 200
+        return
+    if path == "/v1/messages/1":
+        # The row does not exist: the level is not known, so 404 for both.
+        assert response.status_code == 404 and elsewhere.status_code == 404
+        return
+    if _tenant_of(path) == "t1":
+        assert response.status_code not in (401, 403), (response.status_code, response.json)
+        assert response.status_code < 500
+    else:
+        assert response.status_code == 403, (response.status_code, response.json)
+        assert response.json["code"] == "tenant_not_allowed"
+    assert elsewhere.status_code == 403, (elsewhere.status_code, elsewhere.json)
+    assert elsewhere.json["code"] == "tenant_not_allowed"
+
+
+def test_whoami_lists_the_tenants_of_a_restricted_token(client, app, tokens):
+    assert client.get("/v1/whoami", headers=tokens.headers("reader")).json["tenants"] is None
+    body = client.get("/v1/whoami", headers=_restricted(app, "two-tenants", "acme", "beta")).json
+    assert body["tenants"] == ["acme", "beta"]
+    assert sorted(body["roles"]) == sorted(ROLES)
+
+
+def test_a_sender_token_can_do_nothing_but_send(configured, tokens):
+    headers = tokens.headers("sender")
+    for method, path, allowed, body in MATRIX:
+        response = configured.open(path, method=method, json=body, headers=headers)
+        if "sender" in allowed:
+            assert response.status_code not in (401, 403), (method, path)
+        else:
+            assert response.status_code == 403, (method, path, response.status_code)

@@ -66,5 +66,5 @@ def test_roles_in_the_spec_match_the_views(app):
             if roles is None:
                 expected = set()
             else:
-                expected = set(roles) or {"admin", "reader", "secret-reader", "security"}
+                expected = set(roles) or {"admin", "reader", "secret-reader", "security", "sender"}
             assert described[(method.lower(), path)] == expected, (method, path)

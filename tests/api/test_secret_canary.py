@@ -15,7 +15,7 @@ def _database_text(app, database_url: str) -> bytes:
     if database_url.startswith("sqlite"):
         path = Path(sa.engine.make_url(database_url).database)
         app.extensions["smtpconf"].db.dispose()
-        return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+        return b"".join(f.read_bytes() for p in path.parent.glob(path.name + "*") for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
     engine = app.extensions["smtpconf"].db.engine
     dump = []
     with engine.connect() as conn:

@@ -23,7 +23,7 @@ NEEDLES = [
     base64.b64encode(CANARY.encode()),  # AUTH LOGIN
     base64.b64encode(f"\0{USERNAME}\0{CANARY}".encode()),  # AUTH PLAIN
 ]
-ROLES = ("admin", "reader", "secret-reader", "security")
+ROLES = ("admin", "reader", "secret-reader", "security", "sender")
 VAULT = "canary-vault"
 
 
@@ -52,7 +52,7 @@ def _leaks(data: bytes) -> list[bytes]:
 
 def _database_bytes(path: Path) -> bytes:
     """The SQLite database with its write-ahead log and shared-memory index."""
-    return b"".join(p.read_bytes() for p in sorted(path.parent.glob(path.name + "*")))
+    return b"".join(f.read_bytes() for p in sorted(path.parent.glob(path.name + "*")) for f in ([p] if p.is_file() else sorted(p.rglob("*"))) if f.is_file())
 
 
 class Session:
@@ -113,10 +113,17 @@ def test_canary_password_appears_only_in_the_authorised_response(openbao, smtp_c
 
     for role, method, path, response in api.exchanges:
         where = f"{method} {path} as {role} ({response.status_code})"
-        assert response.status_code < 500, where
+        sending = path.endswith("/messages") and method == "POST"
+        assert response.status_code < 500 or (sending and response.status_code in (502, 503)), where
         assert not _leaks(json.dumps(dict(response.headers)).encode()), where
         if not any(response is allowed for allowed in authorised):
             assert not _leaks(response.content), where
+
+    sent = [
+        response for role, method, path, response in api.exchanges
+        if role == "sender" and method == "POST" and path.endswith("/messages")
+    ]
+    assert sent and all(r.status_code == 502 and r.json()["smtp_code"] == 535 for r in sent if r.status_code != 422)
 
     # The canary really went out in AUTH PLAIN and AUTH LOGIN, and every transcript masked it.
     presented = plain_and_login.handler.presented + login_only.handler.presented
@@ -200,6 +207,13 @@ def _drive_every_endpoint(
     api.every_role("POST", "/v1/smtp/validate", {"settings": system})
     api.every_role("POST", "/v1/smtp/test-connection", {"settings": {**system, "port": login_only.port}})
     api.every_role("POST", "/v1/tenants/plain-t/smtp/validate", {"settings": tenants["plain-t"]})
+    # Sending: every login is refused, so each answer carries the server's refusal, never the password.
+    message = {"to": ["ops@example.com"], "subject": CANARY, "text": CANARY, "notification": "password_recovery"}
+    for path in ("/v1/messages", *(f"/v1/tenants/{tenant}/messages" for tenant in tenants)):
+        api.every_role("POST", path, message)
+    api.every_role("POST", "/v1/messages", {**message, "headers": {"X-Canary": CANARY, "From": CANARY}})
+    api.every_role("GET", "/v1/messages?limit=500")
+    api.every_role("GET", "/v1/messages/1")
 
     api.every_role("GET", "/v1/secret-providers")
     api.every_role("GET", f"/v1/secret-providers/{VAULT}")

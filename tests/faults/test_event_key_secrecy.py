@@ -17,7 +17,7 @@ VAULT_URL = "https://events-kv.vault.example.com"
 
 def _database_bytes(path: Path) -> bytes:
     """The SQLite database with its write-ahead log and shared-memory index."""
-    return b"".join(p.read_bytes() for p in sorted(path.parent.glob(path.name + "*")))
+    return b"".join(f.read_bytes() for p in sorted(path.parent.glob(path.name + "*")) for f in ([p] if p.is_file() else sorted(p.rglob("*"))) if f.is_file())
 
 
 def _event(event_type: str = "Microsoft.KeyVault.SecretNewVersionCreated") -> dict:

@@ -225,7 +225,7 @@ def test_the_etag_of_effective_settings_moves_when_the_token_changes(lab, oauth,
     first = client.get("/v1/smtp/effective?include_password=true", headers=sender)
     again = client.get("/v1/smtp/effective?include_password=true", headers={**sender, "If-None-Match": first.headers["ETag"]})
     assert again.status_code == 304
-    app.extensions["smtpconf"].secrets.tokens.clear()
+    app.extensions["smtpconf"].credentials.tokens.clear()
 
     renewed = client.get("/v1/smtp/effective?include_password=true", headers={**sender, "If-None-Match": first.headers["ETag"]})
 
@@ -243,8 +243,27 @@ def test_a_token_endpoint_in_a_denied_network_is_refused(lab, oauth, smtp_ca_pem
 
     result = client.post("/v1/smtp/validate", json={"settings": settings(oauth, oauth.xoauth2, auth, smtp_ca_pem)}, headers=tokens.headers("admin")).json
 
-    assert result["error"]["code"] == "token_unavailable"
+    # Refused as an SMTP server in a denied network is: a policy refusal, not an outage.
+    assert result["error"]["code"] == "destination_not_allowed"
+    assert result["stage"] == "token"
     assert "denied network" in result["error"]["message"]
+    assert oauth.tokens.endpoint.requests == []
+
+
+def test_an_effective_read_says_a_denied_token_endpoint_is_a_policy_refusal(make_app, oauth, smtp_ca_pem):
+    # 127.0.0.0/8 denied: the loopback token endpoint itself is refused, whatever its name resolves to.
+    app = make_app(smtp_denied_networks="127.0.0.0/8,169.254.0.0/16")
+    client, tokens = app.test_client(), Tokens(app)
+    auth = client_credentials(oauth)
+    assert client.put("/v1/smtp", json=settings(oauth, oauth.xoauth2, auth, smtp_ca_pem), headers=tokens.headers("admin")).status_code == 200
+
+    response = client.get("/v1/smtp/effective?include_password=true", headers=tokens.headers("secret-reader"))
+
+    assert response.status_code == 503
+    assert response.json["code"] == "token_unavailable"  # what senders key on, as the contract fixes it
+    assert response.json["reason"] == "destination_not_allowed"
+    assert "Retry-After" not in response.headers
+    assert "denied network" in response.json["detail"]
     assert oauth.tokens.endpoint.requests == []
 
 
@@ -277,7 +296,7 @@ def test_a_token_still_valid_is_served_while_its_renewal_fails(lab, oauth, smtp_
     client.put("/v1/smtp", json=settings(oauth, oauth.xoauth2, client_credentials(oauth), smtp_ca_pem), headers=tokens.headers("admin"))
     sender = tokens.headers("secret-reader")
     first = client.get("/v1/smtp/effective?include_password=true", headers=sender).json
-    service = app.extensions["smtpconf"].secrets.tokens
+    service = app.extensions["smtpconf"].credentials.tokens
     # Renewal comes due (the clock moves past the renewal margin, not past expiry) while the endpoint refuses.
     service.clock = lambda: time.time() + 3600 - 30
     oauth.tokens.endpoint.client_secrets[CC_CLIENT_ID] = "rotated-elsewhere"

@@ -37,7 +37,7 @@ from tests.conftest import MASTER_KEY, SYSTEM_SETTINGS
 FUZZ_SEED = os.environ.get("SMTPCONF_FUZZ_SEED")
 EXAMPLES_PER_MODE = int(os.environ.get("SMTPCONF_FUZZ_EXAMPLES_PER_MODE", "60")) if FUZZ_SEED else 60
 MIN_CASES = 2000 if EXAMPLES_PER_MODE >= 60 else 0
-ROLES = ("admin", "reader", "secret-reader", "security")
+ROLES = ("admin", "reader", "secret-reader", "security", "sender")
 # TEST-NET-3 (RFC 5737): what every generated host name "resolves" to; the policy refuses it.
 UNROUTABLE = "203.0.113.1"
 UNKNOWN_TOKEN = "smtpconf_" + "0" * 43

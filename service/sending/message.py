@@ -1,0 +1,245 @@
+"""Messages as the service sends them: built from a request, or a submitted message rewritten to the settings."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import re
+from datetime import UTC, datetime
+from email.headerregistry import Address as HeaderAddress
+from email.message import EmailMessage
+from email.utils import formataddr, format_datetime, getaddresses, make_msgid
+from typing import Any, Mapping
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from service.errors import ValidationFailed
+from service.schemas import NOTIFICATION_TYPES, Address, check_address
+from service.smtp_check.errors import Failure
+from service.smtp_check.message import data_payload, one_line, wire_address
+
+#: Headers the service sets itself (or that only a mail server may set): a request may not name them.
+RESERVED_HEADERS = frozenset(
+    name.lower()
+    for name in (
+        "From", "Sender", "To", "Cc", "Bcc", "Reply-To", "Subject", "Date", "Message-ID", "MIME-Version",
+        "Received", "Return-Path",
+    )
+)
+#: The submission header that names a notification type (removed before relaying).
+NOTIFICATION_HEADER = "X-Notification-Type"
+MAX_RECIPIENTS = 500
+_HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")
+_CONTENT_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")
+
+
+class HeaderNotAllowed(ValidationFailed):
+    code = "header_not_allowed"
+    title = "The request sets a header the service sets itself"
+
+
+def _single_line(value: str) -> None:
+    if "\r" in value or "\n" in value:
+        raise ValidationError("Must not contain CR or LF.")
+
+
+def _base64(value: str) -> None:
+    try:
+        base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValidationError("Must be base64 (RFC 4648, no line breaks).") from None
+
+
+class AttachmentSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    filename = fields.String(required=True, validate=[validate.Length(min=1, max=255), _single_line])
+    content_type = fields.String(load_default="application/octet-stream", validate=validate.Regexp(_CONTENT_TYPE))
+    content_base64 = fields.String(required=True, validate=_base64)
+
+
+def _addresses(**kwargs: Any) -> fields.List:
+    return fields.List(Address(validate=validate.Length(max=320)), validate=validate.Length(max=MAX_RECIPIENTS), **kwargs)
+
+
+class MessageSchema(Schema):
+    """The body of ``POST /v1/messages``."""
+
+    class Meta:
+        unknown = RAISE
+
+    to = _addresses(load_default=list)
+    cc = _addresses(load_default=list)
+    bcc = _addresses(load_default=list)
+    subject = fields.String(load_default="", validate=[validate.Length(max=998), _single_line])
+    text = fields.String(allow_none=True, load_default=None)
+    html = fields.String(allow_none=True, load_default=None)
+    notification = fields.String(allow_none=True, load_default=None, validate=validate.OneOf(NOTIFICATION_TYPES))
+    reply_to = Address(allow_none=True, load_default=None, validate=validate.Length(max=320))
+    headers = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict, validate=validate.Length(max=50))
+    attachments = fields.List(fields.Nested(AttachmentSchema), load_default=list, validate=validate.Length(max=100))
+
+    @validates_schema
+    def _complete(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if not (data.get("to") or data.get("cc") or data.get("bcc")):
+            raise ValidationError("At least one recipient (to, cc or bcc).", "to")
+        if data.get("text") is None and data.get("html") is None:
+            raise ValidationError("text or html (or both).", "text")
+        if len(data.get("to", [])) + len(data.get("cc", [])) + len(data.get("bcc", [])) > MAX_RECIPIENTS:
+            raise ValidationError(f"At most {MAX_RECIPIENTS} recipients in all.", "to")
+
+
+@dataclasses.dataclass(frozen=True)
+class Outgoing:
+    """A message ready for the wire: envelope sender, recipients (A-label domains) and the DATA bytes."""
+
+    sender: str
+    recipients: list[str]
+    payload: bytes
+    message_id: str
+    notification: str | None
+
+
+def load_request(document: Any) -> dict[str, Any]:
+    """The validated request; 422 with per-field errors, ``header_not_allowed`` for a reserved header."""
+    if not isinstance(document, dict):
+        raise ValidationFailed(errors={"_schema": ["The body is a JSON object."]})
+    try:
+        loaded = MessageSchema().load(document)
+    except ValidationError as exc:
+        raise ValidationFailed(errors=exc.messages_dict) from None
+    errors: dict[str, list[str]] = {}
+    reserved = []
+    for name, value in loaded["headers"].items():
+        if not _HEADER_NAME.match(name):
+            errors[name] = ["Not a valid header name."]
+        elif name.lower() in RESERVED_HEADERS or name.lower().startswith("content-"):
+            reserved.append(name)
+        elif "\r" in value or "\n" in value or len(value) > 998:
+            errors[name] = ["Must be one line (no CR or LF) of at most 998 characters."]
+    if reserved:
+        raise HeaderNotAllowed(
+            f"The service sets {', '.join(reserved)} itself.",
+            errors={"headers": {name: ["The service sets this header itself."] for name in reserved}},
+        )
+    if errors:
+        raise ValidationFailed(errors={"headers": errors})
+    return loaded
+
+
+def build(request: Mapping[str, Any], settings: Mapping[str, Any]) -> Outgoing:
+    """The message a validated request asks for, with the effective settings' From, Reply-To, envelope and copies."""
+    copies = _copies(settings, request["notification"])
+    message = EmailMessage()
+    _identity(message, settings)
+    reply_to = request["reply_to"] or settings.get("reply_to")
+    if reply_to:
+        _put(message, "Reply-To", reply_to)
+    if request["to"]:
+        _put(message, "To", ", ".join(request["to"]))
+    cc = _unique([*request["cc"], *copies[0]])
+    if cc:
+        _put(message, "Cc", ", ".join(cc))
+    _put(message, "Subject", request["subject"])
+    for name, value in request["headers"].items():
+        _put(message, name, value)
+    text, html = request["text"], request["html"]
+    if text is not None:
+        message.set_content(text)
+        if html is not None:
+            message.add_alternative(html, subtype="html")
+    else:
+        message.set_content(html, subtype="html")
+    for attachment in request["attachments"]:
+        maintype, _, subtype = attachment["content_type"].partition("/")
+        data = base64.b64decode(attachment["content_base64"])
+        message.add_attachment(data, maintype=maintype, subtype=subtype, filename=attachment["filename"])
+    recipients = _unique([*request["to"], *cc, *request["bcc"], *copies[1]])
+    return _outgoing(message, settings, recipients, request["notification"])
+
+
+def rewrite(message: EmailMessage, recipients: list[str], settings: Mapping[str, Any]) -> Outgoing:
+    """A submitted message made to go out under the settings: From, envelope, copies; Bcc removed."""
+    notification = message.get(NOTIFICATION_HEADER)
+    del message[NOTIFICATION_HEADER]
+    if notification is not None:
+        notification = str(notification).strip()
+        if notification not in NOTIFICATION_TYPES:
+            raise ValidationFailed(
+                f"Unknown notification type {notification!r}.",
+                errors={NOTIFICATION_HEADER: [f"Must be one of: {', '.join(NOTIFICATION_TYPES)}."]},
+            )
+    copies = _copies(settings, notification)
+    del message["Bcc"]
+    original_from = [address for _name, address in getaddresses([str(v) for v in message.get_all("From") or []]) if address]
+    own = str(settings["from_email"]).lower()
+    if original_from != [settings["from_email"]] and [a.lower() for a in original_from] != [own]:
+        del message["From"]
+        del message["Sender"]
+        if original_from and message.get("Reply-To") is None:
+            message["Reply-To"] = ", ".join(original_from)
+        _put(message, "From", _from(settings))
+    if copies[0]:
+        cc = [str(v) for v in message.get_all("Cc") or []]
+        del message["Cc"]
+        message["Cc"] = ", ".join([*cc, *copies[0]])
+    if message.get("Message-ID") is None:
+        message["Message-ID"] = make_msgid(domain=str(settings["from_email"]).rpartition("@")[2])
+    if message.get("Date") is None:
+        message["Date"] = format_datetime(datetime.now(UTC))
+    for address in recipients:
+        try:
+            check_address(address)
+        except ValidationError as exc:
+            raise ValidationFailed(errors={"recipients": {address: exc.messages}}) from None
+    return _outgoing(message, settings, _unique([*recipients, *copies[0], *copies[1]]), notification)
+
+
+def _identity(message: EmailMessage, settings: Mapping[str, Any]) -> None:
+    from_email = str(settings["from_email"])
+    _put(message, "Date", format_datetime(datetime.now(UTC)))
+    _put(message, "Message-ID", make_msgid(domain=from_email.rpartition("@")[2]))
+    _put(message, "From", _from(settings))
+
+
+def _from(settings: Mapping[str, Any]) -> str | HeaderAddress:
+    """``from_name <from_email>``, the name quoted (and encoded when not ASCII) as RFC 5322 wants."""
+    name = one_line(settings.get("from_name") or "")
+    address = str(settings["from_email"])
+    if not address.isascii():  # an internationalised domain: the policy encodes it
+        return HeaderAddress(display_name=name, addr_spec=address)
+    return formataddr((name, address)) if name else address
+
+
+def _put(message: EmailMessage, name: str, value: str | HeaderAddress) -> None:
+    """Add a header. An ASCII value is stored as it is, to be folded when written (parsing each one
+    costs more than the rest of building a message); any other is parsed and encoded by the policy."""
+    if isinstance(value, str) and value.isascii():
+        message.set_raw(name, value)
+    else:
+        message[name] = value
+
+
+def _copies(settings: Mapping[str, Any], notification: str | None) -> tuple[list[str], list[str]]:
+    """The settings' Cc and Bcc when ``notification`` is one of the preferred types; else none."""
+    if notification is None or notification not in (settings.get("preferred_notifications") or []):
+        return [], []
+    return list(settings.get("cc") or []), list(settings.get("bcc") or [])
+
+
+def _unique(addresses: list[str]) -> list[str]:
+    first: dict[str, str] = {}
+    for address in addresses:
+        first.setdefault(address.lower(), address)
+    return list(first.values())
+
+
+def _outgoing(message: EmailMessage, settings: Mapping[str, Any], recipients: list[str], notification: str | None) -> Outgoing:
+    try:
+        sender = wire_address(str(settings.get("envelope_from") or settings["from_email"]), "sender_rejected")
+        wire = [wire_address(address, "recipient_rejected") for address in recipients]
+    except Failure as failure:
+        raise ValidationFailed(failure.message, errors={"to": [failure.message]}) from None
+    return Outgoing(sender, wire, data_payload(message), str(message["Message-ID"]), notification)
