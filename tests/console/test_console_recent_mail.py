@@ -5,6 +5,7 @@ from __future__ import annotations
 import requests
 from selenium.webdriver.common.by import By
 
+from service.tokens import create_token
 from tests.fixtures.smtp_servers import REFUSED_RECIPIENT
 
 SUBJECT = "canary-subject-5e1f0a never shown"
@@ -104,3 +105,29 @@ def test_security_sees_recent_mail_and_a_token_without_admin_or_security_does_no
     page.settle()
     assert page.text_of("h1") == "System settings"
     assert not page.driver.find_elements(By.ID, "mail-list")
+
+
+def test_a_token_restricted_to_a_tenant_starts_on_its_tenant_and_is_refused_the_rest(make_console, plain_smtp_server):
+    console = make_console(ports=[plain_smtp_server.port])
+    admin = console.tokens.headers("admin")
+    settings = {"host": "127.0.0.1", "port": plain_smtp_server.port, "security": "none",
+                "from_email": "noreply@example.com", "timeout_seconds": 5}
+    assert console.client.put("/v1/smtp", json=settings, headers=admin).status_code == 200
+    assert console.client.put("/v1/tenants/acme/smtp", json={"from_name": "Acme"}, headers=admin).status_code == 200
+    sender = console.tokens.headers("sender")
+    for path, domain in (("/v1/tenants/acme/messages", "acme.example"), ("/v1/messages", "system.example")):
+        message = {"to": [f"ada@{domain}"], "subject": "s", "text": "t"}
+        assert requests.post(f"{console.url}{path}", json=message, headers=sender, timeout=30).status_code == 200
+    token = create_token(console.app.extensions["smtpconf"].db, "acme-admin", ["admin"], tenants=["acme"])
+
+    page = console.page
+    page.sign_in(token)
+    page.go("Recent mail")
+    wait_status(page, "Page 1 for tenant acme: 1 message")
+    assert page.by_label("Tenant").get_attribute("value") == "acme"
+    assert "acme.example" in cells(rows(page)[0])[3]
+    assert "system.example" not in page.text_of("#mail-list")
+    page.fill("Tenant", "")
+    page.button("Filter").click()
+    wait_status(page, "tenant_not_allowed")
+    assert rows(page) == []

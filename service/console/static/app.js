@@ -119,7 +119,7 @@ async function start() {
     signInPage(answer.status === 401 ? 'That access token is not valid. Check it and try again.' : answer.detail);
     return;
   }
-  context = { name: answer.body.name, roles: answer.body.roles, can: (role) => answer.body.roles.includes(role) };
+  context = { name: answer.body.name, roles: answer.body.roles, tenants: answer.body.tenants ?? null, can: (role) => answer.body.roles.includes(role) };
   renderChrome();
   await route();
 }

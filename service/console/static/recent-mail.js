@@ -43,12 +43,16 @@ function row(item) {
     el('td', { class: 'reply' }, reply(item.smtp)));
 }
 
-export async function renderRecentMail(main) {
-  let tenant = null;
+export async function renderRecentMail(main, ctx) {
+  // A token restricted to tenants reads one of its tenants at a time: it starts with the first.
+  let tenant = ctx.tenants && ctx.tenants.length ? ctx.tenants[0] : null;
   const pages = [null];  // the `before` cursor of each page shown so far
-  const input = el('input', { id: 'mail-tenant', type: 'text', spellcheck: 'false', autocomplete: 'off' });
+  const input = el('input', { id: 'mail-tenant', type: 'text', spellcheck: 'false', autocomplete: 'off', value: tenant || '' });
+  const hint = ctx.tenants
+    ? `This token reads the messages of its tenants only: ${ctx.tenants.join(', ')}.`
+    : 'A tenant id shows the messages sent with its settings; empty shows every message.';
   const form = el('form', { class: 'inline-form', novalidate: true },
-    field({ id: 'mail-tenant', label: 'Tenant', hint: 'A tenant id shows the messages sent with its settings; empty shows every message.', control: input }),
+    field({ id: 'mail-tenant', label: 'Tenant', hint, control: input }),
     el('div', { class: 'buttons' }, el('button', { type: 'submit', class: 'primary', id: 'mail-filter' }, 'Filter')));
   const body = el('tbody');
   const status = el('p', { role: 'status', class: 'meta', id: 'mail-status' });
