@@ -17,7 +17,7 @@ _mounts = itertools.count()
 
 def test_whoami_names_the_token_and_its_roles(client, tokens):
     body = client.get("/v1/whoami", headers=tokens.headers("security", "admin")).json
-    assert body == {"name": "test-admin,security", "roles": ["admin", "security"]}
+    assert body == {"name": "test-admin,security", "roles": ["admin", "security"], "tenants": None}
 
 
 def test_tenants_are_paged_in_id_order(client, tokens, as_admin):
