@@ -61,6 +61,7 @@ class ProviderRegistry:
             {
                 "source": source,
                 "needs_connection": t.needs_connection,
+                "publishes_events": t.publishes_events,
                 "connection_schema": json_schema(t.connection_schema()) if t.connection_schema else None,
                 "reference_schema": json_schema(t.reference_schema()),
                 "description": (t.__doc__ or "").strip().splitlines()[0] if t.__doc__ else "",
@@ -84,6 +85,13 @@ def json_schema(schema: Schema) -> dict[str, Any]:
     return result
 
 
+def _variant(discriminator: str, key: str, schema: Schema) -> dict[str, Any]:
+    """One choice of a discriminated document; its discriminator's ``const`` names it, so a form can offer the choices."""
+    result = json_schema(schema)
+    result["properties"][discriminator] = {"type": "string", "const": key}
+    return result
+
+
 def _field_schema(field: fields.Field) -> dict[str, Any]:
     if isinstance(field, CredentialRef):
         out: dict[str, Any] = {
@@ -95,7 +103,7 @@ def _field_schema(field: fields.Field) -> dict[str, Any]:
             "additionalProperties": False,
         }
     elif isinstance(field, Discriminated):
-        out = {"oneOf": [json_schema(schema()) for schema in field.schemas.values()]}
+        out = {"oneOf": [_variant(field.discriminator, key, schema()) for key, schema in field.schemas.items()]}
     elif isinstance(field, fields.Nested):
         nested = field.schema
         out = json_schema(nested)

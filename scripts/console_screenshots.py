@@ -1,6 +1,6 @@
 """Regenerate the console screenshots in docs/ with headless Chromium against a seeded service on loopback.
 
-Run from the repository root: ``python scripts/console_screenshots.py`` (needs the test extra
+Run from the repository root: ``.venv/bin/python scripts/console_screenshots.py`` (after ``make test``: the test extra
 and Debian's chromium and chromium-driver, as the browser tests do).
 """
 
@@ -21,7 +21,14 @@ from selenium.webdriver.support.ui import Select  # noqa: E402
 from service.app import create_app  # noqa: E402
 from service.tokens import create_token  # noqa: E402
 from tests.console.harness import Page, ServedApp, start_browser, stop_browser  # noqa: E402
-from tests.fixtures.smtp_servers import PASSWORD, USERNAME, start_starttls_smtp_server  # noqa: E402
+from tests.fixtures.smtp_servers import (  # noqa: E402
+    PASSWORD,
+    REFUSED_RECIPIENT,
+    USERNAME,
+    RecordingHandler,
+    start_smtp_server,
+    start_starttls_smtp_server,
+)
 
 DOCS = ROOT / "docs"
 WIDTH = 1024
@@ -53,12 +60,13 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="smtpconf-shots-"))
     ca = trustme.CA()
     smtp = start_starttls_smtp_server(ca)
+    refusing = start_smtp_server(RecordingHandler(refused_recipients=frozenset({REFUSED_RECIPIENT})))
     ca_pem = ca.cert_pem.bytes().decode()
     app = create_app(
         {
             "database_url": f"sqlite:///{workdir / 'console.db'}",
             "master_key": base64.b64encode(b"s" * 32).decode(),
-            "smtp_allowed_ports": f"25,465,587,2525,{smtp.port}",
+            "smtp_allowed_ports": f"25,465,587,2525,{smtp.port},{refusing.port}",
         }
     )
     services = app.extensions["smtpconf"]
@@ -85,6 +93,18 @@ def main() -> None:
         ("globex", {"port": 2525, "cc": []}),
     ):
         client.put(f"/v1/tenants/{tenant}/smtp", json=override, headers=as_admin)
+    client.put(
+        "/v1/tenants/initech/smtp", headers=as_admin,
+        json={"host": "127.0.0.1", "port": refusing.port, "security": "none", "username": None, "password": None},
+    )
+    as_sender = {"Authorization": f"Bearer {create_token(services.db, 'billing-app', ['sender'])}"}
+    # Two messages sent and one the server refuses, for the Recent mail page.
+    for path, to, extra in (
+        ("/v1/messages", ["ada@example.com"], {"notification": "password_recovery"}),
+        ("/v1/tenants/acme/messages", ["grace@example.org", "linus@example.net"], {}),
+        ("/v1/tenants/initech/messages", [REFUSED_RECIPIENT], {}),
+    ):
+        client.post(path, headers=as_sender, json={"subject": "Your invoice", "text": "Attached.", "to": to, **extra})
 
     served = ServedApp(app)
     driver, profile = start_browser(WIDTH, 800)
@@ -127,14 +147,43 @@ def main() -> None:
 
         page.button("Sign out").click()
         page.sign_in(security)
+        client.put(
+            "/v1/secret-providers/corp-kv",
+            headers=as_security,
+            json={"type": "azure_key_vault", "vault_url": "https://corp.vault.azure.net", "credential": {"kind": "default"},
+                  "allowed_secrets": ["smtp-*"]},
+        )
+        page.go("Secret managers")
+        page.button("Add connection").click()
+        Select(page.by_label("Type")).select_by_visible_text("HashiCorp Vault")
+        page.fill("Name", "corp-vault")
+        page.fill("URL", "vault.example.com")
+        Select(page.by_label("Auth method")).select_by_visible_text("AppRole")
+        page.fill("Auth role ID", "smtpconf")
+        Select(page.by_label("Auth secret ID from")).select_by_visible_text("File")
+        page.fill("Auth secret ID reference", "/run/secrets/vault-secret-id")
+        page.fill("Allowed secrets (optional)", "mail/*")
+        page.button("Save connection").click()
+        page.wait(lambda d: d.find_element(By.ID, "connection-error-summary").is_displayed())
+        shoot(page, "connection-editor", "#connection-form")
+        page.button("Cancel").click()
+        page.driver.find_element(By.CSS_SELECTOR, "button[aria-label='Create event key for corp-kv']").click()
+        page.find("#event-key-value")
+        shoot(page, "secret-managers")
+
         page.go("Audit trail")
         rows = page.wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#audit-list tbody tr"))
         rows[2].find_element(By.TAG_NAME, "summary").click()  # the system settings change, password redacted
         shoot(page, "audit-trail")
+
+        page.go("Recent mail")
+        page.wait(lambda d: "Page 1" in d.find_element(By.ID, "mail-status").text)
+        shoot(page, "recent-mail")
     finally:
         stop_browser(driver, profile)
         served.stop()
         smtp.stop()
+        refusing.stop()
         services.close()
 
 

@@ -75,6 +75,15 @@ def test_provider_types_list_the_installed_types_with_schemas(client, tokens):
     assert "allowed_secrets" in internal["connection_schema"]["properties"]
 
 
+def test_provider_types_say_which_publish_events_and_name_each_choice_of_a_discriminated_document(client, tokens):
+    by_source = {item["source"]: item for item in client.get("/v1/secret-provider-types", headers=tokens.headers("reader")).json["items"]}
+    assert {source for source, item in by_source.items() if item["publishes_events"]} == {"azure_key_vault"}
+    methods = [v["properties"]["method"]["const"] for v in by_source["hashicorp_vault"]["connection_schema"]["properties"]["auth"]["oneOf"]]
+    assert methods == ["token", "approle", "kubernetes", "jwt"]
+    kinds = {v["properties"]["kind"]["const"] for v in by_source["azure_key_vault"]["connection_schema"]["properties"]["credential"]["oneOf"]}
+    assert kinds == {"default", "client_secret", "managed_identity", "workload_identity"}
+
+
 def test_readyz_reports_each_provider(client):
     body = client.get("/readyz").json
     assert body["status"] == "ok" and body["database"] == "ok"

@@ -68,7 +68,7 @@ def test_admin_signs_in_lands_on_system_settings_and_signs_out(console):
     page = console.page
     token = console.token("admin")
     page.sign_in(token)
-    assert page.nav() == ["System settings", "Tenants", "Audit trail"]
+    assert page.nav() == ["System settings", "Tenants", "Audit trail", "Recent mail"]
     assert page.text_of("h1") == "System settings"
     driver = page.driver
     assert driver.execute_script("return sessionStorage.getItem('smtpconf.token')") == token
@@ -83,7 +83,7 @@ def test_admin_signs_in_lands_on_system_settings_and_signs_out(console):
 def test_security_sees_only_the_security_pages(console):
     page = console.page
     page.sign_in(console.token("security"))
-    assert page.nav() == ["Secret managers", "Secrets", "Audit trail"]
+    assert page.nav() == ["Secret managers", "Secrets", "Audit trail", "Recent mail"]
     page.settle()
     assert page.text_of("h1") == "Secret managers"
     page.open("/console/#/system")  # not theirs: sent to their landing page

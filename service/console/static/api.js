@@ -87,3 +87,10 @@ export function segment(value) {
 export function secretPath(name) {
   return name.split('/').map(encodeURIComponent).join('/');
 }
+
+let typesAnswer = null;
+/** The installed provider types with their schemas, read once per page load (they change only with a deployment). */
+export async function providerTypes() {
+  if (!typesAnswer || !typesAnswer.ok) typesAnswer = await get('/v1/secret-provider-types');
+  return typesAnswer.ok ? typesAnswer.body.items : [];
+}

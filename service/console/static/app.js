@@ -6,6 +6,7 @@ import { renderSettings } from './settings.js';
 import { renderTenants } from './tenants.js';
 import { renderSecretManagers, renderSecrets } from './security.js';
 import { renderAudit } from './audit.js';
+import { renderRecentMail } from './recent-mail.js';
 
 const main = document.getElementById('main');
 const nav = document.getElementById('nav');
@@ -18,6 +19,7 @@ const PAGES = [
   { path: '/secret-managers', title: 'Secret managers', roles: ['security'], render: (ctx) => renderSecretManagers(main, ctx) },
   { path: '/secrets', title: 'Secrets', roles: ['security'], render: (ctx) => renderSecrets(main, ctx) },
   { path: '/audit', title: 'Audit trail', roles: ['security', 'admin'], render: (ctx) => renderAudit(main, ctx) },
+  { path: '/recent-mail', title: 'Recent mail', roles: ['admin', 'security'], render: (ctx) => renderRecentMail(main, ctx) },
 ];
 
 let context = null;
@@ -117,7 +119,7 @@ async function start() {
     signInPage(answer.status === 401 ? 'That access token is not valid. Check it and try again.' : answer.detail);
     return;
   }
-  context = { name: answer.body.name, roles: answer.body.roles, can: (role) => answer.body.roles.includes(role) };
+  context = { name: answer.body.name, roles: answer.body.roles, tenants: answer.body.tenants ?? null, can: (role) => answer.body.roles.includes(role) };
   renderChrome();
   await route();
 }

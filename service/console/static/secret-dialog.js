@@ -53,6 +53,25 @@ export async function openSecretDialog({ what, current, onChoose, multiline = fa
 
   let connections = null;
   let read = () => null;
+  const types = await api.providerTypes();
+
+  /** "Version" for a source whose manager keeps versions (its references take one); empty: the latest. */
+  function versionField(container, source, same) {
+    const type = types.find((candidate) => candidate.source === source);
+    const schema = type && type.reference_schema.properties.version;
+    if (!schema) return () => ({});
+    const numeric = [].concat(schema.type).includes('integer');
+    const { row, input } = textInput('secret-version', 'Version',
+      `Empty: always the latest version. ${numeric ? 'A version number' : 'A version identifier'} pins that version, even after a rotation.`,
+      same && same.version !== null && same.version !== undefined ? String(same.version) : '');
+    append(container, row);
+    return () => {
+      const entered = input.value.trim();
+      if (!entered) return { version: null };
+      // What does not parse goes as typed: the service says why when the settings are checked or saved.
+      return { version: numeric && /^\d+$/.test(entered) ? Number(entered) : entered };
+    };
+  }
 
   async function loadConnections() {
     if (connections) return connections;
@@ -117,7 +136,8 @@ export async function openSecretDialog({ what, current, onChoose, multiline = fa
       replace(body, pick);
       const value = await valuePicker(pick, 'internal', 'A secret in the service\'s own encrypted store, kept by the security team.', same && same.secret);
       if (mine !== generation) return;
-      read = () => (value() ? { source: 'internal', secret: value() } : null);
+      const version = versionField(body, 'internal', same);
+      read = () => (value() ? { source: 'internal', secret: value(), ...version() } : null);
       return;
     }
     const all = await loadConnections();
@@ -149,12 +169,13 @@ export async function openSecretDialog({ what, current, onChoose, multiline = fa
     connectionSelect.addEventListener('change', load);
     await load();
     if (mine !== generation) return;
+    const version = versionField(extra, source, same);
     read = () => {
       const name = value();
       if (!name) return null;
       const provider = connectionSelect.value;
-      if (source === 'hashicorp_vault') return { source, provider, path: name, key: key.input.value.trim() || 'password' };
-      if (source === 'azure_key_vault') return { source, provider, secret: name };
+      if (source === 'hashicorp_vault') return { source, provider, path: name, key: key.input.value.trim() || 'password', ...version() };
+      if (source === 'azure_key_vault') return { source, provider, secret: name, ...version() };
       const slash = name.indexOf('/');
       if (slash < 1) return { invalid: 'Enter the safe and the object as SAFE/OBJECT.' };
       return { source, provider, safe: name.slice(0, slash), object: name.slice(slash + 1) };

@@ -1,21 +1,83 @@
-// The security team's pages: secret-manager connections with Check, cache invalidation, the internal store.
+// The security team's pages: secret-manager connections (add, edit, delete, check, event key), cache invalidation, the internal store.
 
 import * as api from './api.js';
-import { el, append, replace, field, when } from './dom.js';
-
-const TYPE_NAMES = { internal: 'Internal secret manager', hashicorp_vault: 'HashiCorp Vault', azure_key_vault: 'Azure Key Vault', cyberark: 'CyberArk' };
+import { el, append, replace, clear, field, when } from './dom.js';
+import { TYPE_NAMES, openConnectionEditor } from './connection-editor.js';
 
 function where(connection) {
   return connection.url || connection.vault_url || (connection.type === 'internal' ? 'this service' : '');
 }
 
-export async function renderSecretManagers(main) {
-  const answer = await api.get('/v1/secret-providers');
+/** Creates (or replaces) a connection's event key and shows it once: nothing keeps it after this panel is gone. */
+async function createEventKey(connection, panel) {
+  const answer = await api.post(`/v1/secret-providers/${api.segment(connection.name)}/event-key`);
+  if (!answer.ok) {
+    replace(panel, el('div', { class: 'result failure', role: 'alert' }, `No event key was created for ${connection.name}: ${answer.detail} (${answer.code})`));
+    return;
+  }
+  const address = new URL(answer.body.path, location.origin).href;
+  const close = el('button', { type: 'button', class: 'secondary' }, 'Done');
+  close.addEventListener('click', () => clear(panel));
+  replace(panel, el('section', { class: 'event-key', id: 'event-key', role: 'status', 'aria-labelledby': 'event-key-title' },
+    el('h2', { id: 'event-key-title' }, `Event key for "${connection.name}"`),
+    el('p', { class: 'warning' }, 'Copy it now: it is shown only this once. Creating another replaces it, and this one stops working at once.'),
+    el('dl', {},
+      el('dt', {}, 'Key'), el('dd', {}, el('code', { id: 'event-key-value' }, answer.body.key)),
+      el('dt', {}, 'Webhook address'), el('dd', {}, el('code', { id: 'event-key-address' }, address))),
+    el('p', { class: 'hint' }, 'Subscribe this address (behind the service\'s public HTTPS name) to the vault\'s SecretNewVersionCreated events in Azure Event Grid.'),
+    el('div', { class: 'buttons' }, close)));
+  panel.querySelector('h2').setAttribute('tabindex', '-1');
+  panel.querySelector('h2').focus();
+}
+
+/** Asks before deleting; a connection that settings still use is refused with the reason. */
+function confirmDelete(connection, panel, onDeleted) {
+  const confirm = el('button', { type: 'button', class: 'warning-button' }, 'Delete connection');
+  const cancel = el('button', { type: 'button', class: 'secondary' }, 'Cancel');
+  const outcome = el('div');
+  cancel.addEventListener('click', () => clear(panel));
+  confirm.addEventListener('click', async () => {
+    confirm.disabled = true;
+    const answer = await api.del(`/v1/secret-providers/${api.segment(connection.name)}`);
+    confirm.disabled = false;
+    if (answer.ok) onDeleted();
+    else {
+      const users = answer.body && answer.body.used_by ? ` Used by: ${answer.body.used_by.join(', ')}.` : '';
+      replace(outcome, el('div', { class: 'result failure', role: 'alert' }, `Not deleted: ${answer.detail}${users} (${answer.code})`));
+    }
+  });
+  replace(panel, el('section', { class: 'confirm-delete', 'aria-labelledby': 'delete-title' },
+    el('h2', { id: 'delete-title', tabindex: '-1' }, `Delete connection "${connection.name}"?`),
+    el('p', {}, 'Settings that name it could no longer resolve their password; the service refuses while any do.'),
+    outcome, el('div', { class: 'buttons' }, confirm, cancel)));
+  panel.querySelector('h2').focus();
+}
+
+export async function renderSecretManagers(main, ctx, notice = null) {
+  const [answer, types] = await Promise.all([api.get('/v1/secret-providers'), api.providerTypes()]);
   if (!answer.ok) {
     replace(main, el('h1', {}, 'Secret managers'), el('div', { class: 'result failure', role: 'alert' }, `The connections could not be read: ${answer.detail} (${answer.code})`));
     return;
   }
+  const publishes = new Set(types.filter((type) => type.publishes_events).map((type) => type.source));
   const connections = answer.body.items;
+  const panel = el('div', { id: 'connection-panel' });
+  const rerender = (message) => renderSecretManagers(main, ctx, message);
+  const openEditor = async (connection) => {
+    let etag = null;
+    if (connection) {
+      const current = await api.get(`/v1/secret-providers/${api.segment(connection.name)}`);
+      if (!current.ok) {
+        replace(panel, el('div', { class: 'result failure', role: 'alert' }, `The connection could not be read: ${current.detail} (${current.code})`));
+        return;
+      }
+      [connection, etag] = [current.body, current.etag];
+    }
+    await openConnectionEditor(panel, {
+      connection, etag,
+      onSaved: (record) => rerender(`Connection "${record.name}" saved (version ${record.version}).`),
+    });
+  };
   const rows = connections.map((connection) => {
     const result = el('td', { class: 'check-cell', id: `check-result-${connection.name}` });
     const button = el('button', { type: 'button', class: 'check', dataset: { state: 'idle', connection: connection.name }, 'aria-label': `Check ${connection.name}` }, 'Check');
@@ -41,13 +103,28 @@ export async function renderSecretManagers(main) {
       button.classList.toggle('success', button.dataset.state === 'success');
       button.classList.toggle('failure', button.dataset.state === 'failure');
     });
+    const edit = el('button', { type: 'button', class: 'secondary', 'aria-label': `Edit ${connection.name}` }, 'Edit');
+    edit.addEventListener('click', () => openEditor(connection));
+    const actions = el('div', { class: 'row-actions' }, edit);
+    if (connection.type !== 'internal') {
+      const remove = el('button', { type: 'button', class: 'secondary', 'aria-label': `Delete ${connection.name}` }, 'Delete');
+      remove.addEventListener('click', () => confirmDelete(connection, panel, () => rerender(`Connection "${connection.name}" deleted.`)));
+      append(actions, remove);
+    }
+    if (publishes.has(connection.type)) {
+      const key = el('button', { type: 'button', class: 'secondary', 'aria-label': `Create event key for ${connection.name}` }, 'Create event key');
+      key.addEventListener('click', () => createEventKey(connection, panel));
+      append(actions, key);
+    }
     return el('tr', {},
       el('th', { scope: 'row' }, connection.name),
       el('td', {}, TYPE_NAMES[connection.type] || connection.type),
       el('td', {}, where(connection)),
       el('td', {}, (connection.allowed_secrets || []).join(', ') || 'none'),
-      el('td', {}, button), result);
+      el('td', {}, button), result, el('td', {}, actions));
   });
+  const add = el('button', { type: 'button', class: 'primary', id: 'add-connection' }, 'Add connection');
+  add.addEventListener('click', () => openEditor(null));
 
   const provider = el('select', { id: 'invalidate-provider' }, el('option', { value: '' }, 'All connections'),
     connections.map((c) => el('option', { value: c.name }, c.name)));
@@ -76,10 +153,13 @@ export async function renderSecretManagers(main) {
 
   replace(main, el('h1', {}, 'Secret managers'),
     el('p', { class: 'lead' }, 'The connections the service reads SMTP passwords through. "Check" logs in to the manager now.'),
+    el('div', { id: 'connection-status', role: 'status' }, notice ? el('p', { class: 'ok' }, notice) : null),
+    el('div', { class: 'buttons' }, add),
     el('table', { class: 'list', id: 'connection-list' },
       el('caption', {}, 'Connections'),
-      el('thead', {}, el('tr', {}, ['Name', 'Type', 'Where', 'Allowed secrets', 'Check', 'Result'].map((h) => el('th', { scope: 'col' }, h)))),
+      el('thead', {}, el('tr', {}, ['Name', 'Type', 'Where', 'Allowed secrets', 'Check', 'Result', 'Change'].map((h) => el('th', { scope: 'col' }, h)))),
       el('tbody', {}, rows)),
+    panel,
     el('section', { 'aria-labelledby': 'invalidate-title' },
       el('h2', { id: 'invalidate-title' }, 'Invalidate cache'),
       el('p', { class: 'hint' }, 'After rotating a secret in a manager, make every instance read it again now instead of when its cache expires.'),

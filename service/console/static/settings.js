@@ -1,92 +1,13 @@
 // The settings page, for the system level and for one tenant: the form, checks, submit with If-Match.
 
 import * as api from './api.js';
-import { el, append, replace, field, when } from './dom.js';
-import { openSecretDialog, describeReference } from './secret-dialog.js';
+import { el, append, replace, clear, field, when } from './dom.js';
 import { setState, showResult, showRefusal } from './checks.js';
+import { SECURITY, FLOWS, DEFAULTS, GROUPS, FLOW_FIELDS, humanise, control } from './settings-fields.js';
+import { credentialMethods } from './settings-credentials.js';
+import { clearErrors, showErrors } from './settings-errors.js';
 
 const READ_ONLY = ['version', 'updated_at', 'updated_by', 'warnings', 'inherited'];
-const SECURITY = [['none', 'None'], ['starttls', 'STARTTLS'], ['ssl', 'SSL/TLS']];
-const FLOWS = [['microsoft', 'Microsoft Entra ID (Exchange Online)'], ['google', 'Google service account'], ['client_credentials', 'Client credentials (any OAuth2 server)']];
-const DEFAULTS = { security: 'starttls', timeout_seconds: 10, insecure_skip_verify: false, cc: [], bcc: [], preferred_notifications: [] };
-
-/** The plain fields, in the order the form shows them, grouped. */
-const GROUPS = [
-  ['Server', [
-    { name: 'host', label: 'SMTP server', kind: 'text', hint: 'Host name or IP address of the mail server.' },
-    { name: 'port', label: 'SMTP port', kind: 'integer', hint: 'Usually 587 (STARTTLS) or 465 (SSL/TLS).' },
-    { name: 'security', label: 'SMTP type', kind: 'select', options: SECURITY },
-    { name: 'timeout_seconds', label: 'Timeout (seconds)', kind: 'integer' },
-    { name: 'insecure_skip_verify', label: 'Insecure skip TLS verify', kind: 'checkbox', hint: 'Accept any certificate. Only for tests: anyone on the path can read the password.' },
-    { name: 'ca_certificate_pem', label: 'CA certificate (PEM)', kind: 'textarea', hint: 'Only for a server whose certificate a private CA issued.' },
-  ]],
-  ['Sender', [
-    { name: 'from_email', label: 'From email', kind: 'text' },
-    { name: 'from_name', label: 'From name', kind: 'text' },
-    { name: 'reply_to', label: 'Reply-to', kind: 'text' },
-  ]],
-  ['Copies', [
-    { name: 'cc', label: 'Mailto Cc', kind: 'list', hint: 'Addresses, comma separated, copied on the preferred notifications.' },
-    { name: 'bcc', label: 'Mailto Bcc', kind: 'list', hint: 'Addresses, comma separated, blind-copied on the preferred notifications.' },
-  ]],
-];
-const CREDENTIAL_FIELDS = [
-  { name: 'username', label: 'Username', kind: 'text' },
-  { name: 'domain', label: 'Domain', kind: 'text', hint: 'Optional authentication domain: the login becomes DOMAIN\\username.' },
-];
-const OAUTH_FIELDS = [
-  { name: 'tenant_id', label: 'Tenant ID', flows: ['microsoft'] },
-  { name: 'client_id', label: 'Client ID', flows: ['microsoft', 'client_credentials'] },
-  { name: 'token_url', label: 'Token URL', flows: ['google', 'client_credentials'] },
-  { name: 'scope', label: 'Scope', flows: ['microsoft', 'google', 'client_credentials'] },
-  { name: 'authority_host', label: 'Authority host', flows: ['microsoft'] },
-];
-/** The members each flow takes (the service refuses any other). */
-const FLOW_FIELDS = {
-  microsoft: ['tenant_id', 'client_id', 'client_secret', 'client_certificate', 'scope', 'authority_host'],
-  google: ['service_account_key', 'token_url', 'scope'],
-  client_credentials: ['token_url', 'client_id', 'client_secret', 'scope'],
-};
-const OAUTH_SECRETS = [
-  { name: 'client_secret', label: 'Client secret', what: 'client secret', flows: ['microsoft', 'client_credentials'],
-    excludes: 'client_certificate' },
-  // Microsoft takes a client secret or a certificate (a PEM with the private key and the certificate).
-  { name: 'client_certificate', label: 'Client certificate (PEM)', what: 'client certificate', flows: ['microsoft'],
-    excludes: 'client_secret', multiline: true },
-  { name: 'service_account_key', label: 'Service account key', what: 'service account key', flows: ['google'],
-    multiline: true },
-];
-
-function humanise(name) {
-  const text = name.replace(/_/g, ' ');
-  return text.charAt(0).toUpperCase() + text.slice(1);
-}
-
-/** One control with get/set, so the tenant form can swap system values in and out. */
-function control(spec, id) {
-  let input;
-  switch (spec.kind) {
-    case 'select':
-      input = el('select', { id }, spec.options.map(([value, label]) => el('option', { value }, label)));
-      return { input, get: () => input.value, set: (v) => { input.value = v ?? spec.options[1][0]; } };
-    case 'checkbox':
-      input = el('input', { id, type: 'checkbox' });
-      return { input, get: () => input.checked, set: (v) => { input.checked = Boolean(v); } };
-    case 'textarea':
-      input = el('textarea', { id, rows: 4, spellcheck: 'false' });
-      return { input, get: () => input.value.trim() || null, set: (v) => { input.value = v ?? ''; } };
-    case 'integer':
-      input = el('input', { id, type: 'text', inputmode: 'numeric', class: 'short' });
-      // Anything but digits goes to the service as typed, so its message says what is wrong.
-      return { input, get: () => { const v = input.value.trim(); return v === '' ? null : /^\d+$/.test(v) ? Number(v) : v; }, set: (v) => { input.value = v ?? ''; } };
-    case 'list':
-      input = el('input', { id, type: 'text', spellcheck: 'false' });
-      return { input, get: () => input.value.split(',').map((s) => s.trim()).filter(Boolean), set: (v) => { input.value = (v || []).join(', '); } };
-    default:
-      input = el('input', { id, type: 'text', spellcheck: 'false' });
-      return { input, get: () => input.value.trim() || null, set: (v) => { input.value = v ?? ''; } };
-  }
-}
 
 export async function renderSettings(main, ctx, tenant) {
   const isTenant = tenant !== null;
@@ -210,117 +131,6 @@ class SettingsPage {
       el('p', { class: 'meta', id: 'settings-meta' }, meta),
       this.errorSummary, this.summary, form, this.saveAlert, this.saveStatus);
     this.updateSummary();
-  }
-
-  renderAuthentication() {
-    const set = el('fieldset', {}, el('legend', {}, 'Credentials'));
-    this.authRow = this.row({ name: 'auth_method', label: 'Authentication', kind: 'select', options: [['password', 'Password'], ['oauth2', 'OAuth2']] }, set);
-    // auth_method stands for auth.method; its inherit state is auth's.
-    const ownAuth = Object.prototype.hasOwnProperty.call(this.doc, 'auth');
-    const systemAuth = (this.system && this.system.auth) || { method: 'password' };
-    if (this.authRow.inherit) {
-      this.authRow.inherit.checked = !ownAuth;
-      this.applyInherit(this.authRow, false);
-    }
-    this.authRow.ctl.set((this.auth || (this.isTenant && !ownAuth ? systemAuth : null) || { method: 'password' }).method);
-    this.rows.delete('auth_method');
-    this.rows.set('auth_method', this.authRow);
-    CREDENTIAL_FIELDS.forEach((spec) => this.row(spec, set));
-
-    this.passwordBox = el('div', { class: 'field', id: 'row-field-password' });
-    append(set, this.passwordBox);
-    this.passwordInherit = null;
-    if (this.isTenant) {
-      this.passwordInherit = el('input', { type: 'checkbox', id: 'inherit-password', class: 'inherit', checked: !Object.prototype.hasOwnProperty.call(this.doc, 'password'), disabled: !this.editable });
-      this.passwordInherit.addEventListener('change', () => { this.renderPassword(); this.changed(); });
-    }
-    this.oauthBox = el('div', { class: 'oauth', id: 'oauth-fields' });
-    append(set, this.oauthBox);
-    this.authRow.ctl.input.addEventListener('change', () => this.renderAuthMode());
-    this.authRow.inherit && this.authRow.inherit.addEventListener('change', () => this.renderAuthMode());
-    this.renderPassword();
-    this.renderAuthMode();
-    return set;
-  }
-
-  effectiveAuth() {
-    if (this.authRow.inherit && this.authRow.inherit.checked) return (this.system && this.system.auth) || { method: 'password' };
-    return { ...(this.auth || {}), method: this.authRow.ctl.get() };
-  }
-
-  renderAuthMode() {
-    const auth = this.effectiveAuth();
-    const oauth = auth.method === 'oauth2';
-    this.passwordBox.hidden = oauth;
-    clear(this.oauthBox);
-    this.oauthBox.hidden = !oauth;
-    if (!oauth) { this.updateSummary(); return; }
-    const locked = !this.editable || (this.authRow.inherit && this.authRow.inherit.checked);
-    this.auth = { ...auth };
-    const flow = el('select', { id: 'field-auth-flow', disabled: locked }, FLOWS.map(([value, label]) => el('option', { value, selected: auth.flow === value }, label)));
-    if (!auth.flow) this.auth.flow = flow.value;
-    flow.addEventListener('change', () => { this.auth.flow = flow.value; this.renderAuthMode(); this.changed(); });
-    append(this.oauthBox, field({ id: 'field-auth-flow', label: 'Flow', control: flow }));
-    for (const spec of OAUTH_FIELDS.filter((s) => s.flows.includes(this.auth.flow))) {
-      const input = el('input', { id: `field-auth-${spec.name}`, type: 'text', spellcheck: 'false', value: this.auth[spec.name] || '', disabled: locked });
-      input.addEventListener('input', () => { this.auth[spec.name] = input.value.trim() || undefined; this.changed(); });
-      append(this.oauthBox, field({ id: `field-auth-${spec.name}`, label: spec.label, control: input }));
-    }
-    for (const spec of OAUTH_SECRETS.filter((s) => s.flows.includes(this.auth.flow))) {
-      const current = this.auth[spec.name];
-      const button = el('button', { type: 'button', class: 'secondary', id: `set-${spec.name}`, disabled: locked }, `${current ? 'Change' : 'Set'} ${spec.what}`);
-      button.addEventListener('click', () => openSecretDialog({
-        what: spec.what, current, multiline: spec.multiline,
-        onChoose: (ref) => {
-          this.auth[spec.name] = ref;
-          if (spec.excludes) delete this.auth[spec.excludes];
-          this.renderAuthMode();
-          this.changed();
-        },
-      }));
-      append(this.oauthBox, el('div', { class: 'field', id: `row-field-auth-${spec.name}` },
-        el('span', { class: 'label' }, spec.label),
-        el('p', { class: 'field-error', id: `field-auth-${spec.name}-error`, hidden: true }),
-        el('p', { class: 'reference' }, describeReference(current)), button));
-    }
-    this.updateSummary();
-  }
-
-  passwordInherited() {
-    return Boolean(this.passwordInherit && this.passwordInherit.checked);
-  }
-
-  effectivePassword() {
-    if (this.passwordInherited()) return this.system ? this.system.password ?? null : null;
-    return this.password;
-  }
-
-  renderPassword() {
-    const inherited = this.passwordInherited();
-    const shown = this.effectivePassword();
-    const children = [el('span', { class: 'label', id: 'password-label' }, 'Password'),
-      el('p', { class: 'field-error', id: 'field-password-error', hidden: true }),
-      el('p', { class: 'reference', id: 'password-summary' }, describeReference(shown))];
-    if (this.passwordInherit) {
-      children.push(el('div', { class: 'inherit-row' },
-        el('span', { class: 'inherited-tag', id: 'inherited-password', hidden: !inherited }, 'inherited'),
-        el('label', { class: 'inline' }, this.passwordInherit, ' Use system value')));
-    }
-    if (this.editable && !inherited) {
-      const change = el('button', { type: 'button', class: 'secondary', id: 'password-button' }, this.password ? 'Change password' : 'Add password');
-      change.addEventListener('click', () => openSecretDialog({
-        what: 'password', current: this.password,
-        onChoose: (ref) => { this.password = ref; this.renderPassword(); this.changed(); },
-      }));
-      const buttons = el('div', { class: 'buttons' }, change);
-      if (this.password) {
-        const remove = el('button', { type: 'button', class: 'link-button', id: 'password-remove' }, 'Remove password');
-        remove.addEventListener('click', () => { this.password = null; this.renderPassword(); this.changed(); });
-        append(buttons, remove);
-      }
-      children.push(buttons);
-    }
-    replace(this.passwordBox, ...children);
   }
 
   renderNotifications() {
@@ -454,63 +264,8 @@ class SettingsPage {
     }
   }
 
-  clearErrors() {
-    this.errorSummary.hidden = true;
-    clear(this.errorSummary);
-    for (const node of this.main.querySelectorAll('.field-error')) { node.hidden = true; node.textContent = ''; }
-    for (const node of this.main.querySelectorAll('.has-error')) node.classList.remove('has-error');
-    for (const node of this.main.querySelectorAll('[aria-invalid]')) node.removeAttribute('aria-invalid');
-  }
-
-  /** 422 errors beside their fields, and a summary linking to each. */
-  showErrors(errors, detail) {
-    const items = [];
-    const place = (name, message) => {
-      const key = name === 'auth' ? 'auth_method' : name;
-      const target = key === 'password' ? 'field-password' : key === 'auth_method' ? 'field-auth_method' : `field-${key}`;
-      const slot = this.main.querySelector(`#${CSS.escape(target)}-error`);
-      if (slot) {
-        slot.hidden = false;
-        slot.textContent = slot.textContent ? `${slot.textContent} ${message}` : message;
-        const row = this.main.querySelector(`#row-${CSS.escape(target)}`) || slot.parentElement;
-        row.classList.add('has-error');
-        const input = this.main.querySelector(`#${CSS.escape(target)}`);
-        if (input) input.setAttribute('aria-invalid', 'true');
-      }
-      const label = this.main.querySelector(`label[for="${CSS.escape(target)}"]`);
-      const fieldName = label ? label.textContent : humanise(key === 'auth_method' ? 'authentication' : key);
-      const link = el('a', { href: `#${target}` }, `${fieldName}: ${message}`);
-      link.addEventListener('click', (event) => {
-        event.preventDefault();
-        const focusable = this.main.querySelector(`#${CSS.escape(target)}`) || this.main.querySelector(`#password-button`);
-        if (focusable && focusable.focus) focusable.focus();
-      });
-      items.push(el('li', {}, link));
-    };
-    const walk = (name, value) => {
-      if (Array.isArray(value)) value.forEach((message) => (typeof message === 'string' ? place(name, message) : walk(name, message)));
-      else if (value && typeof value === 'object') {
-        for (const [sub, inner] of Object.entries(value)) {
-          if (Array.isArray(inner) && inner.every((m) => typeof m === 'string')) inner.forEach((m) => place(name, /^\d+$/.test(sub) ? `item ${Number(sub) + 1}: ${m}` : `${sub}: ${m}`));
-          else walk(name, inner);
-        }
-      } else if (typeof value === 'string') place(name, value);
-    };
-    for (const [name, value] of Object.entries(errors || {})) {
-      if (name === 'settings' && value && !Array.isArray(value)) {
-        for (const [inner, messages] of Object.entries(value)) walk(inner, messages);
-      } else walk(name, value);
-    }
-    replace(this.errorSummary,
-      el('h2', {}, 'There is a problem'),
-      el('p', {}, detail || 'Correct the fields below.'),
-      el('ul', {}, items));
-    this.errorSummary.hidden = false;
-    this.errorSummary.focus();
-  }
-
   async runCheck(button, kind, label) {
-    this.clearErrors();
+    clearErrors(this.main, this.errorSummary);
     const other = button === this.validateButton ? this.testButton : this.validateButton;
     setState(button, 'busy');
     other.disabled = true;
@@ -529,12 +284,12 @@ class SettingsPage {
     } else {
       setState(button, 'failure');
       showRefusal(this.checkArea, label, answer);
-      if (answer.status === 422) this.showErrors(answer.body.errors, answer.detail);
+      if (answer.status === 422) showErrors(this.main, this.errorSummary, answer.body.errors, answer.detail);
     }
   }
 
   askConfirm() {
-    this.clearErrors();
+    clearErrors(this.main, this.errorSummary);
     clear(this.saveStatus);
     clear(this.saveAlert);
     const scope = this.isTenant ? `for tenant "${this.tenant}"` : 'for the system (every tenant without an override)';
@@ -576,7 +331,7 @@ class SettingsPage {
       return;
     }
     if (answer.status === 422) {
-      this.showErrors(answer.body.errors, answer.detail);
+      showErrors(this.main, this.errorSummary, answer.body.errors, answer.detail);
       return;
     }
     replace(this.saveAlert, el('div', { class: 'result failure' },
@@ -585,6 +340,4 @@ class SettingsPage {
   }
 }
 
-function clear(node) {
-  while (node.firstChild) node.removeChild(node.firstChild);
-}
+Object.assign(SettingsPage.prototype, credentialMethods);

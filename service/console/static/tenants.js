@@ -3,7 +3,7 @@
 import * as api from './api.js';
 import { el, append, replace, field, when } from './dom.js';
 
-const TENANT_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+export const TENANT_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 const PAGE_SIZE = 50;
 
 export async function renderTenants(main) {
