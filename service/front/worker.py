@@ -122,6 +122,9 @@ class FrontWorker(Worker):
 
     def _drain(self) -> None:
         self._draining_since = time.monotonic()
+        # Stop accepting without closing the servers: a connection accepted in this same turn of the loop
+        # is still being set up, and closing its server now would reset it. They close when the loop ends.
         for server in self.servers:
-            server.close()
+            for sock in server.sockets:
+                self.loop.remove_reader(sock.fileno())
         self.front.drain()
