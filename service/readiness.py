@@ -43,6 +43,7 @@ class HealthBoard:
         self._thread_lock = threading.Lock()
         self._fd_pid = -1
         self._fd = -1
+        self._closed = False
         with self._locked():
             fd = self._descriptor()
             if os.fstat(fd).st_size != SLOTS * _SLOT:
@@ -54,6 +55,8 @@ class HealthBoard:
         """(status, detail) last recorded for ``name``, or None."""
         offset, digest = _slot(name)
         with self._locked():
+            if self._closed:
+                return None  # the app is going away; a background check that answers late finds nothing
             held, status = _HEAD.unpack_from(self._map, offset)
             detail = bytes(self._map[offset + _HEAD.size : offset + _SLOT]).rstrip(b"\0").decode("utf-8", "replace")
         if held != digest or not 0 < status < len(STATUSES):
@@ -66,15 +69,19 @@ class HealthBoard:
         offset, digest = _slot(name)
         encoded = (detail or "").encode("utf-8")[:_DETAIL]
         with self._locked():
+            if self._closed:
+                return
             _HEAD.pack_into(self._map, offset, digest, STATUSES.index(status))
             self._map[offset + _HEAD.size : offset + _SLOT] = encoded.ljust(_DETAIL, b"\0")
 
     def close(self) -> None:
-        with contextlib.suppress(BufferError, ValueError, AttributeError):
-            self._map.close()
-        if self._fd >= 0 and self._fd_pid == os.getpid():
-            os.close(self._fd)
-            self._fd = -1
+        with self._thread_lock:
+            self._closed = True
+            with contextlib.suppress(BufferError, ValueError, AttributeError):
+                self._map.close()
+            if self._fd >= 0 and self._fd_pid == os.getpid():
+                os.close(self._fd)
+                self._fd = -1
 
     def _descriptor(self) -> int:
         # flock locks belong to an open file description: one per process, never inherited.
@@ -86,6 +93,9 @@ class HealthBoard:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         with self._thread_lock:
+            if self._closed:
+                yield
+                return
             fd = self._descriptor()
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
