@@ -109,7 +109,9 @@ class FrontWorker(Worker):
             self._drain()
         if self._draining_since is not None:
             over = time.monotonic() - self._draining_since > self.cfg.graceful_timeout
-            if over or not front.connections:
+            # A connection the loop accepted just before draining is set up by a task of its own before it
+            # joins ``front.connections``: stopping while such a task waits would reset that client.
+            if over or not (front.connections or asyncio.all_tasks(self.loop)):
                 self.loop.stop()
                 return
         self.loop.call_later(1.0, self._tick)
