@@ -116,7 +116,7 @@ def test_a_starting_worker_warms_up_settings_connections_and_the_system_password
         statements.close()
 
 
-def test_a_stored_password_is_decrypted_once_and_a_rotated_one_is_served_at_the_next_read(app, client, tokens, system_settings):
+def test_a_stored_password_is_decrypted_once_and_a_rotated_one_is_served_next(app, client, tokens, system_settings):
     admin, sender = tokens.headers("admin"), tokens.headers("secret-reader")
     client.put("/v1/smtp", json=system_settings, headers=admin)
     client.put("/v1/tenants/acme/smtp", json={"password": {"source": "plaintext", "value": "acme-1"}}, headers=admin)
