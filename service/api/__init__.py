@@ -68,6 +68,11 @@ def parse_query(raw: bytes) -> ImmutableMultiDict[str, str]:
     return ImmutableMultiDict(parse_qsl(text, keep_blank_values=True, errors="werkzeug.url_quote"))
 
 
+def query_arg(args: Mapping[str, str], name: str) -> str | None:
+    """The first value of a query parameter, or None (Werkzeug's ``get`` raises and catches a KeyError when absent)."""
+    return args[name] if name in args else None
+
+
 def principal() -> Principal:
     return g.principal
 
@@ -172,7 +177,7 @@ def _not_json(constant: str) -> Any:
 
 def query_flag(name: str, args: Mapping[str, str] | None = None) -> bool:
     """A true/false query parameter (of Flask's request unless ``args`` are given); 422 when it is neither."""
-    value = (request.args if args is None else args).get(name)
+    value = query_arg(request.args if args is None else args, name)
     if value is None:
         return False
     if value.lower() in ("true", "1"):

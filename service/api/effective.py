@@ -6,7 +6,15 @@ from typing import Any, Callable, Iterable
 
 from werkzeug.http import parse_etags
 
-from service.api import api_error, authenticate, parse_query, problem, query_flag, require_secure_transport
+from service.api import (
+    api_error,
+    authenticate,
+    parse_query,
+    problem,
+    query_arg,
+    query_flag,
+    require_secure_transport,
+)
 from service.errors import Forbidden, ValidationFailed
 from service.observability import ENDPOINT_KEY
 from service.schemas import NOTIFICATION_TYPES
@@ -33,7 +41,7 @@ def answer(services: Any, environ: dict[str, Any], tenant: str | None, caller: A
         require_secure_transport(environ, services.config)
     if tenant is not None:
         tenant_scope(tenant)
-    notification = args.get("notification")
+    notification = query_arg(args, "notification")
     if notification is not None and notification not in NOTIFICATION_TYPES:
         raise ValidationFailed(
             f"Unknown notification type: {notification!r}.",
