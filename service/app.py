@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from typing import Any, Mapping
-from urllib.parse import parse_qsl
 
 import flask
 from flask import Flask
@@ -15,7 +13,8 @@ from werkzeug.routing import Rule
 from werkzeug.utils import cached_property
 
 from providers.registry import ProviderRegistry
-from service.api import register_error_handlers
+from service.api import parse_query, register_error_handlers
+from service.api.effective import EffectiveReads
 from service.body_drain import DrainUnreadBody
 from service.checks import CheckService
 from service.config import Config, ConfigError
@@ -51,7 +50,7 @@ class Request(flask.Request):
 
     @cached_property
     def args(self) -> ImmutableMultiDict[str, str]:
-        return _parse_query(self.query_string)
+        return parse_query(self.query_string)
 
     @property
     def url_rule(self) -> Rule | None:
@@ -63,15 +62,6 @@ class Request(flask.Request):
         self.__dict__["url_rule"] = rule
         if rule is not None:
             self.environ[ENDPOINT_KEY] = rule.rule
-
-
-@functools.lru_cache(maxsize=256)
-def _parse_query(raw: bytes) -> ImmutableMultiDict[str, str]:
-    # As Werkzeug parses it; immutable, so one result serves every request.
-    # A raw byte that is not UTF-8 (a client may send one) becomes U+FFFD, so it
-    # fails validation as a bad value instead of failing the request.
-    text = raw.decode("utf-8", "replace")
-    return ImmutableMultiDict(parse_qsl(text, keep_blank_values=True, errors="werkzeug.url_quote"))
 
 
 @dataclasses.dataclass
@@ -176,13 +166,13 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     configure_logging(config.log_level)
     app = Flask(__name__, static_folder=None)
     app.request_class = Request
-    app.wsgi_app = ClientOrigin(  # type: ignore[method-assign]
-        Observed(DrainUnreadBody(app.wsgi_app)), parse_networks(config.trusted_proxies)
-    )
     # "//" in a path is part of a name (then refused as one), never a redirect to another resource.
     app.url_map.merge_slashes = False
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, TESTING=config.testing)
-    app.extensions["smtpconf"] = build_services(config)
+    services = app.extensions["smtpconf"] = build_services(config)
+    app.wsgi_app = ClientOrigin(  # type: ignore[method-assign]
+        Observed(DrainUnreadBody(EffectiveReads(app.wsgi_app, services))), parse_networks(config.trusted_proxies)
+    )
     register_error_handlers(app)
 
     from service.api import console, messages, ops, secret_providers, secrets, smtp, tenants

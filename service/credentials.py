@@ -20,6 +20,8 @@ from service.settings_model import SYSTEM_SCOPE, Effective, auth_scope, auth_sec
 EFFECTIVE_TOKEN_TIMEOUT = 5.0
 #: A check's token request when its settings name no ``timeout_seconds``.
 DEFAULT_TOKEN_TIMEOUT = 10.0
+#: Stored (plaintext) secrets a process keeps decrypted: every tenant's own password fits.
+DECRYPTED_CACHE_SIZE = 20_000
 
 
 class CredentialPath:
@@ -34,6 +36,10 @@ class CredentialPath:
         self.secrets = secrets
         self.keyring = keyring
         self.tokens = tokens
+        # (ciphertext, context, version) -> the value, decrypted once: a read then costs a lookup,
+        # and its password_resolved_at (when it was decrypted) leaves the effective rendering cacheable.
+        # A new value is a new ciphertext; single dict operations are atomic, so threads share it.
+        self._decrypted: dict[tuple[str, str, str | None], ResolvedPassword] = {}
 
     # what the SMTP engine takes
 
@@ -133,11 +139,19 @@ class CredentialPath:
 
     def _plaintext(self, reference: Mapping[str, Any], scope: str, field: str = "password") -> ResolvedPassword:
         context = plaintext_context(scope) if field == "password" else auth_secret_context(scope, field)
+        key = (reference.get("ciphertext"), context, reference.get("version"))
+        held = self._decrypted.get(key)  # type: ignore[arg-type]
+        if held is not None:
+            return held
         try:
             value = self.keyring.decrypt(reference["ciphertext"], context)
         except (DecryptionError, KeyError):
             raise PasswordUnavailable(f"The stored {field} cannot be decrypted with the configured master keys.") from None
-        return ResolvedPassword(value, "plaintext", reference.get("version"), utcnow())
+        resolved = ResolvedPassword(value, "plaintext", reference.get("version"), utcnow())
+        if len(self._decrypted) >= DECRYPTED_CACHE_SIZE:
+            self._decrypted.clear()
+        self._decrypted[key] = resolved  # type: ignore[index]
+        return resolved
 
     def _auth_secret(self, auth: Mapping[str, Any], scope: str) -> ResolvedPassword:
         """The client secret, certificate or key of an OAuth2 ``auth`` object, or 503 ``password_unavailable``."""

@@ -8,8 +8,8 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
-import uuid
 from typing import Any, Callable, Iterable
 
 from prometheus_client import (
@@ -66,10 +66,35 @@ def set_request_id(value: str | None) -> contextvars.Token:
 
 
 def accept_request_id(header: str | None) -> str:
-    """Honour a caller's ``X-Request-ID`` when it is sane; otherwise make one."""
+    """Honour a caller's ``X-Request-ID`` when it is sane; otherwise make one (128 random bits in hex)."""
     if header and _REQUEST_ID_OK.match(header):
         return header
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as unique as a uuid4, for a fifth of its cost
+
+
+#: The request log line's own fields, in the order the line shows them.
+REQUEST_FIELDS = ("method", "path", "status", "duration_ms", "principal", "client")
+
+
+def _request_record(fields: dict[str, Any]) -> logging.LogRecord:
+    """The request log line's record, made without the caller lookup and checks of ``Logger.info``.
+
+    Its fixed attributes come from one record made the ordinary way; the time,
+    thread and process are its own. ``_fields`` names its own fields for
+    ``JsonFormatter``.
+    """
+    record = logging.LogRecord.__new__(logging.LogRecord)
+    attributes = record.__dict__
+    attributes.update(_REQUEST_TEMPLATE)
+    created = time.time()
+    attributes["created"] = created
+    attributes["msecs"] = int((created - int(created)) * 1000) + 0.0
+    attributes["relativeCreated"] = (created - _LOGGING_STARTED) * 1000
+    attributes["thread"] = threading.get_ident()
+    attributes["threadName"] = threading.current_thread().name
+    attributes["process"] = os.getpid()
+    attributes.update(fields)
+    return record
 
 
 class Observed:
@@ -115,11 +140,20 @@ class Observed:
             latency = self._latencies[endpoint] = HTTP_LATENCY.labels(endpoint)
         latency.observe(elapsed)
         if log.isEnabledFor(logging.INFO):
-            log.info("request", extra={
+            log.handle(_request_record({
                 "method": method, "path": environ.get("PATH_INFO", ""), "status": int(status),
                 "duration_ms": round(elapsed * 1000, 2), "principal": environ.get(PRINCIPAL_KEY),
                 "client": environ.get("REMOTE_ADDR"),
-            })
+            }))
+
+
+_LOGGING_STARTED: float = logging._startTime  # type: ignore[attr-defined]
+_REQUEST_LINE = Observed._record.__code__.co_firstlineno
+_REQUEST_TEMPLATE = {
+    **vars(log.makeRecord(log.name, logging.INFO, __file__, _REQUEST_LINE, "request", None, None)),
+    "funcName": "_record",
+    "_fields": REQUEST_FIELDS,
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -146,10 +180,16 @@ class JsonFormatter(logging.Formatter):
         request_id = current_request_id()
         if request_id:
             entry["request_id"] = request_id
-        reserved = self.RESERVED
-        for key, value in vars(record).items():
-            if key not in reserved and not key.startswith("_"):
-                entry[key] = value
+        attributes = vars(record)
+        own = attributes.get("_fields")
+        if own is not None:  # a record that names its own fields (the request log line's)
+            for key in own:
+                entry[key] = attributes[key]
+        else:
+            reserved = self.RESERVED
+            for key, value in attributes.items():
+                if key not in reserved and not key.startswith("_"):
+                    entry[key] = value
         if record.exc_info:
             entry["exception"] = record.exc_info[0].__name__ if record.exc_info[0] else None
         return self.ENCODER.encode(entry)

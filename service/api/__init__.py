@@ -5,10 +5,12 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
+from urllib.parse import parse_qsl
 
 from flask import Flask, Response, current_app, g, request
 from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.datastructures import ImmutableMultiDict
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from service.db import is_unavailable
@@ -54,6 +56,23 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     return response
 
 
+@functools.lru_cache(maxsize=256)
+def parse_query(raw: bytes) -> ImmutableMultiDict[str, str]:
+    """A query string as Werkzeug parses it, once per distinct string (senders poll the same URL).
+
+    Immutable, so one result serves every request. A raw byte that is not
+    UTF-8 (a client may send one) becomes U+FFFD, so it fails validation as a
+    bad value instead of failing the request.
+    """
+    text = raw.decode("utf-8", "replace")
+    return ImmutableMultiDict(parse_qsl(text, keep_blank_values=True, errors="werkzeug.url_quote"))
+
+
+def query_arg(args: Mapping[str, str], name: str) -> str | None:
+    """The first value of a query parameter, or None (Werkzeug's ``get`` raises and catches a KeyError when absent)."""
+    return args[name] if name in args else None
+
+
 def principal() -> Principal:
     return g.principal
 
@@ -70,26 +89,36 @@ def requires(*roles: str, checks_tenant: bool = False) -> Callable[[F], F]:
     def decorate(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            # Every authenticated request passes here: the WSGI environ is read directly.
-            scheme, _, token = request.environ.get("HTTP_AUTHORIZATION", "").partition(" ")
-            token = token.strip()
-            if scheme.lower() != "bearer" or not token:
-                raise Unauthorized("Send Authorization: Bearer <token>.", headers={"WWW-Authenticate": "Bearer"})
-            who = current_app.extensions["smtpconf"].authenticate(token)
-            if who is None:
-                raise Unauthorized("The token is not valid.", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
-            if roles and who.roles.isdisjoint(roles):
-                raise Forbidden(f"This needs one of the roles: {', '.join(roles)}.")
-            if roles and not checks_tenant and not who.may_act_for(kwargs.get("tenant")):
-                raise TenantNotAllowed(_not_allowed(kwargs.get("tenant")))
-            g.principal = who
-            request.environ[PRINCIPAL_KEY] = who.name
+            services, tenant = current_app.extensions["smtpconf"], kwargs.get("tenant")
+            g.principal = authenticate(services, request.environ, roles, tenant, checks_tenant=checks_tenant)
             return view(*args, **kwargs)
 
         wrapper.required_roles = roles  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def authenticate(
+    services: Any, environ: dict[str, Any], roles: tuple[str, ...], tenant: str | None, *, checks_tenant: bool = False
+) -> Principal:
+    """The caller of a request needing one of ``roles`` for ``tenant`` (see ``requires``); 401 or 403 otherwise.
+
+    Every authenticated request passes here: the WSGI environ is read directly.
+    """
+    scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("Send Authorization: Bearer <token>.", headers={"WWW-Authenticate": "Bearer"})
+    who = services.authenticate(token)
+    if who is None:
+        raise Unauthorized("The token is not valid.", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    if roles and who.roles.isdisjoint(roles):
+        raise Forbidden(f"This needs one of the roles: {', '.join(roles)}.")
+    if roles and not checks_tenant and not who.may_act_for(tenant):
+        raise TenantNotAllowed(_not_allowed(tenant))
+    environ[PRINCIPAL_KEY] = who.name
+    return who
 
 
 def _not_allowed(tenant: str | None) -> str:
@@ -102,10 +131,10 @@ def require_tenant(who: Principal, tenant: str | None) -> None:
         raise TenantNotAllowed(_not_allowed(tenant))
 
 
-def require_secure_transport() -> None:
-    """403 ``tls_required`` unless a secret may go back over this request's transport."""
-    config = current_app.extensions["smtpconf"].config
-    if not secrets_may_travel(request.environ, allow_plaintext=config.allow_plaintext_secrets):
+def require_secure_transport(environ: dict[str, Any] | None = None, config: Any = None) -> None:
+    """403 ``tls_required`` unless a secret may go back over this request's transport (by default Flask's)."""
+    config = config or current_app.extensions["smtpconf"].config
+    if not secrets_may_travel(environ or request.environ, allow_plaintext=config.allow_plaintext_secrets):
         raise TlsRequired(
             "This response carries a secret: ask over HTTPS (or, behind a proxy that encrypts, "
             "have the operator set SMTPCONF_ALLOW_PLAINTEXT_SECRETS=true)."
@@ -146,8 +175,9 @@ def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON")
 
 
-def query_flag(name: str) -> bool:
-    value = request.args.get(name)
+def query_flag(name: str, args: Mapping[str, str] | None = None) -> bool:
+    """A true/false query parameter (of Flask's request unless ``args`` are given); 422 when it is neither."""
+    value = query_arg(request.args if args is None else args, name)
     if value is None:
         return False
     if value.lower() in ("true", "1"):
@@ -173,10 +203,6 @@ def int_query(name: str, default: int | None, low: int, high: int, errors: dict[
 
 
 def register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(ApiError)
-    def _api_error(error: ApiError) -> Response:
-        return problem(error)
-
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Response:
         status = error.code or 500
@@ -190,20 +216,23 @@ def register_error_handlers(app: Flask) -> None:
             response.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
         return response
 
-    @app.errorhandler(SQLAlchemyError)
-    def _database_error(error: SQLAlchemyError) -> Response:
+    @app.errorhandler(Exception)
+    def _failure(error: Exception) -> Response:
+        return problem(api_error(error))
+
+
+def api_error(error: Exception) -> ApiError:
+    """What a failure other than HTTP's own tells the caller: the one mapping, for the views and the effective reads."""
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, SQLAlchemyError) and is_unavailable(error):
         # The one place where a database that is down, restarting, locked or
         # read-only becomes 503: whatever the view was doing, it needed the database.
-        if is_unavailable(error):
-            cause = getattr(error, "orig", None) or error
-            log.warning("database unavailable", extra={"error": type(cause).__name__})
-            return problem(DatabaseUnavailable())
-        return _unhandled(error)
-
-    @app.errorhandler(Exception)
-    def _unhandled(error: Exception) -> Response:
-        # Only the class name: an exception message may carry a value.
-        log.error("unhandled error", extra={"error": type(error).__name__})
-        return problem(
-            ApiError("The service failed to handle the request.", status=500, code="internal_error", title="Internal error")
-        )
+        cause = getattr(error, "orig", None) or error
+        log.warning("database unavailable", extra={"error": type(cause).__name__})
+        return DatabaseUnavailable()
+    # Only the class name: an exception message may carry a value.
+    log.error("unhandled error", extra={"error": type(error).__name__})
+    return ApiError(
+        "The service failed to handle the request.", status=500, code="internal_error", title="Internal error"
+    )

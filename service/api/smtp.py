@@ -6,8 +6,8 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
-from service.api import json_body, json_response, principal, query_flag, require_secure_transport, requires
-from service.errors import Forbidden, NotFound, ValidationFailed
+from service.api import effective, json_body, json_response, principal, query_flag, requires
+from service.errors import NotFound, ValidationFailed
 from service.schemas import NOTIFICATION_TYPES
 from service.settings_model import SYSTEM_SCOPE, tenant_scope
 
@@ -78,43 +78,18 @@ def delete_tenant(tenant: str) -> Response:
 
 
 def _effective(tenant: str | None) -> Response:
-    # What senders poll: kept lean, every step below is served from memory when nothing changed.
-    services = _services()
-    caller = principal()
-    include_password = query_flag("include_password")
-    if include_password and "secret-reader" not in caller.roles:
-        raise Forbidden("include_password=true needs the secret-reader role.")
-    if include_password:
-        require_secure_transport()
-    if tenant is not None:
-        tenant_scope(tenant)
-    notification = request.args.get("notification")
-    if notification is not None and notification not in NOTIFICATION_TYPES:
-        raise ValidationFailed(
-            f"Unknown notification type: {notification!r}.",
-            errors={"notification": [f"Must be one of: {', '.join(NOTIFICATION_TYPES)}."]},
-        )
-    effective = services.settings.effective(tenant)
-    extra: dict[str, Any] = {}
-    if notification is not None:
-        extra = services.settings.notification_fields(effective, notification)
-    if include_password:
-        extra.update(services.credentials.effective_fields(effective, caller.name))
-    view = services.settings.effective_view(effective, extra)
-    headers = [("ETag", view.etag), ("Cache-Control", "no-store" if include_password else "no-cache")]
-    if request.environ.get("HTTP_IF_NONE_MATCH") and request.if_none_match.contains_weak(view.etag.strip('"')):
-        return Response(status=304, headers=headers)
-    return Response(view.encoded, headers=[("Content-Type", "application/json"), *headers])
+    status, headers, body = effective.answer(_services(), request.environ, tenant, principal())
+    return Response(body, status=status, headers=headers)
 
 
-@bp.get("/v1/smtp/effective")
-@requires("admin", "reader", "secret-reader")
+@bp.get(effective.SYSTEM_RULE)
+@requires(*effective.ROLES)
 def effective_system() -> Response:
     return _effective(None)
 
 
-@bp.get("/v1/tenants/<tenant>/smtp/effective")
-@requires("admin", "reader", "secret-reader")
+@bp.get(effective.TENANT_RULE)
+@requires(*effective.ROLES)
 def effective_tenant(tenant: str) -> Response:
     return _effective(tenant)
 

@@ -114,3 +114,28 @@ def test_a_starting_worker_warms_up_settings_connections_and_the_system_password
         assert body["password"] == "warm" and statements.count == 0
     finally:
         statements.close()
+
+
+def test_a_stored_password_is_decrypted_once_and_a_rotated_one_is_served_next(app, client, tokens, system_settings):
+    admin, sender = tokens.headers("admin"), tokens.headers("secret-reader")
+    client.put("/v1/smtp", json=system_settings, headers=admin)
+    client.put("/v1/tenants/acme/smtp", json={"password": {"source": "plaintext", "value": "acme-1"}}, headers=admin)
+    url = "/v1/tenants/acme/smtp/effective?include_password=true"
+    first = client.get(url, headers=sender)
+    keyring = app.extensions["smtpconf"].keyring
+    decrypted: list[str] = []
+    original = keyring.decrypt
+
+    def counting(token: str, context: str) -> str:
+        decrypted.append(context)
+        return original(token, context)
+
+    keyring.decrypt = counting
+    again = client.get(url, headers=sender)
+    # Not decrypted again, and resolved when it was decrypted: the same bytes as before.
+    assert decrypted == [] and again.data == first.data and first.json["password"] == "acme-1"
+    client.put("/v1/tenants/acme/smtp", json={"password": {"source": "plaintext", "value": "acme-2"}}, headers=admin)
+    rotated = client.get(url, headers=sender)
+    assert rotated.json["password"] == "acme-2" and rotated.json["password_version"] != first.json["password_version"]
+    assert decrypted == ["smtp_settings:tenant:acme:password"]
+    assert rotated.json["password_resolved_at"] >= first.json["password_resolved_at"]
