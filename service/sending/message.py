@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from email.headerregistry import Address as HeaderAddress
 from email import policy as email_policy
 from email.message import EmailMessage
-from email.utils import formataddr, format_datetime, getaddresses, make_msgid
+from email.utils import formataddr, format_datetime, make_msgid
 from typing import Any, Mapping
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
@@ -68,7 +68,7 @@ class AttachmentSchema(Schema):
 
 
 @functools.lru_cache(maxsize=4096)
-def _address_problem(value: str) -> tuple[str, ...]:
+def address_problem(value: str) -> tuple[str, ...]:
     """Why ``value`` is not an address (empty: it is one). Kept: senders mail the same addresses over and over."""
     try:
         check_address(value)
@@ -82,7 +82,7 @@ class _Recipient(Address):
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = fields.String._deserialize(self, value, attr, data, **kwargs)
-        problem = _address_problem(text)
+        problem = address_problem(text)
         if problem:
             raise ValidationError(list(problem))
         return text
@@ -163,7 +163,7 @@ def load_request(document: Any) -> dict[str, Any]:
 
 def build(request: Mapping[str, Any], settings: Mapping[str, Any]) -> Outgoing:
     """The message a validated request asks for, with the effective settings' From, Reply-To, envelope and copies."""
-    copies = _copies(settings, request["notification"])
+    copies = copies_for(settings, request["notification"])
     message = EmailMessage(policy=POLICY)
     _identity(message, settings)
     reply_to = request["reply_to"] or settings.get("reply_to")
@@ -171,7 +171,7 @@ def build(request: Mapping[str, Any], settings: Mapping[str, Any]) -> Outgoing:
         _put(message, "Reply-To", reply_to)
     if request["to"]:
         _put(message, "To", ", ".join(request["to"]))
-    cc = _unique([*request["cc"], *copies[0]])
+    cc = unique([*request["cc"], *copies[0]])
     if cc:
         _put(message, "Cc", ", ".join(cc))
     _put(message, "Subject", request["subject"])
@@ -189,55 +189,18 @@ def build(request: Mapping[str, Any], settings: Mapping[str, Any]) -> Outgoing:
         maintype, _, subtype = attachment["content_type"].partition("/")
         data = base64.b64decode(attachment["content_base64"])
         message.add_attachment(data, maintype=maintype, subtype=subtype, filename=attachment["filename"])
-    recipients = _unique([*request["to"], *cc, *request["bcc"], *copies[1]])
+    recipients = unique([*request["to"], *cc, *request["bcc"], *copies[1]])
     return _outgoing(message, settings, recipients, request["notification"], plain=plain)
-
-
-def rewrite(message: EmailMessage, recipients: list[str], settings: Mapping[str, Any]) -> Outgoing:
-    """A submitted message made to go out under the settings: From, envelope, copies; Bcc removed."""
-    notification = message.get(NOTIFICATION_HEADER)
-    del message[NOTIFICATION_HEADER]
-    if notification is not None:
-        notification = str(notification).strip()
-        if notification not in NOTIFICATION_TYPES:
-            raise ValidationFailed(
-                f"Unknown notification type {notification!r}.",
-                errors={NOTIFICATION_HEADER: [f"Must be one of: {', '.join(NOTIFICATION_TYPES)}."]},
-            )
-    copies = _copies(settings, notification)
-    del message["Bcc"]
-    original_from = [address for _name, address in getaddresses([str(v) for v in message.get_all("From") or []]) if address]
-    own = str(settings["from_email"]).lower()
-    if original_from != [settings["from_email"]] and [a.lower() for a in original_from] != [own]:
-        del message["From"]
-        del message["Sender"]
-        if original_from and message.get("Reply-To") is None:
-            message["Reply-To"] = ", ".join(original_from)
-        _put(message, "From", _from(settings))
-    if copies[0]:
-        cc = [str(v) for v in message.get_all("Cc") or []]
-        del message["Cc"]
-        message["Cc"] = ", ".join([*cc, *copies[0]])
-    if message.get("Message-ID") is None:
-        message["Message-ID"] = make_msgid(domain=str(settings["from_email"]).rpartition("@")[2])
-    if message.get("Date") is None:
-        message["Date"] = format_datetime(datetime.now(UTC))
-    for address in recipients:
-        try:
-            check_address(address)
-        except ValidationError as exc:
-            raise ValidationFailed(errors={"recipients": {address: exc.messages}}) from None
-    return _outgoing(message, settings, _unique([*recipients, *copies[0], *copies[1]]), notification)
 
 
 def _identity(message: EmailMessage, settings: Mapping[str, Any]) -> None:
     from_email = str(settings["from_email"])
     _put(message, "Date", format_datetime(datetime.now(UTC)))
     _put(message, "Message-ID", make_msgid(domain=from_email.rpartition("@")[2]))
-    _put(message, "From", _from(settings))
+    _put(message, "From", from_value(settings))
 
 
-def _from(settings: Mapping[str, Any]) -> str | HeaderAddress:
+def from_value(settings: Mapping[str, Any]) -> str | HeaderAddress:
     """``from_name <from_email>``, the name quoted (and encoded when not ASCII) as RFC 5322 wants."""
     name = one_line(settings.get("from_name") or "")
     address = str(settings["from_email"])
@@ -269,14 +232,14 @@ def _put(message: EmailMessage, name: str, value: str | HeaderAddress) -> None:
         message[name] = value
 
 
-def _copies(settings: Mapping[str, Any], notification: str | None) -> tuple[list[str], list[str]]:
+def copies_for(settings: Mapping[str, Any], notification: str | None) -> tuple[list[str], list[str]]:
     """The settings' Cc and Bcc when ``notification`` is one of the preferred types; else none."""
     if notification is None or notification not in (settings.get("preferred_notifications") or []):
         return [], []
     return list(settings.get("cc") or []), list(settings.get("bcc") or [])
 
 
-def _unique(addresses: list[str]) -> list[str]:
+def unique(addresses: list[str]) -> list[str]:
     first: dict[str, str] = {}
     for address in addresses:
         first.setdefault(address.lower(), address)
@@ -286,13 +249,20 @@ def _unique(addresses: list[str]) -> list[str]:
 def _outgoing(
     message: EmailMessage, settings: Mapping[str, Any], recipients: list[str], notification: str | None, *, plain: bool = False
 ) -> Outgoing:
+    payload = _flattened_plain(message) if plain else data_payload(message)
+    return outgoing(payload, str(message["Message-ID"]), settings, recipients, notification)
+
+
+def outgoing(
+    payload: bytes, message_id: str, settings: Mapping[str, Any], recipients: list[str], notification: str | None
+) -> Outgoing:
+    """The DATA bytes with the envelope: the settings' sender and the recipients, domains in A-labels."""
     try:
         sender = wire_address(str(settings.get("envelope_from") or settings["from_email"]), "sender_rejected")
         wire = [wire_address(address, "recipient_rejected") for address in recipients]
     except Failure as failure:
         raise ValidationFailed(failure.message, errors={"to": [failure.message]}) from None
-    payload = _flattened_plain(message) if plain else data_payload(message)
-    return Outgoing(sender, wire, payload, str(message["Message-ID"]), notification)
+    return Outgoing(sender, wire, payload, message_id, notification)
 
 
 def _flattened_plain(message: EmailMessage) -> bytes:
