@@ -165,7 +165,7 @@ def build(request: Mapping[str, Any], settings: Mapping[str, Any]) -> Outgoing:
     """The message a validated request asks for, with the effective settings' From, Reply-To, envelope and copies."""
     copies = copies_for(settings, request["notification"])
     message = EmailMessage(policy=POLICY)
-    _identity(message, settings)
+    message_id = _identity(message, settings)
     reply_to = request["reply_to"] or settings.get("reply_to")
     if reply_to:
         _put(message, "Reply-To", reply_to)
@@ -190,14 +190,18 @@ def build(request: Mapping[str, Any], settings: Mapping[str, Any]) -> Outgoing:
         data = base64.b64decode(attachment["content_base64"])
         message.add_attachment(data, maintype=maintype, subtype=subtype, filename=attachment["filename"])
     recipients = unique([*request["to"], *cc, *request["bcc"], *copies[1]])
-    return _outgoing(message, settings, recipients, request["notification"], plain=plain)
+    payload = _flattened_plain(message) if plain else data_payload(message)
+    return outgoing(payload, message_id, settings, recipients, request["notification"])
 
 
-def _identity(message: EmailMessage, settings: Mapping[str, Any]) -> None:
+def _identity(message: EmailMessage, settings: Mapping[str, Any]) -> str:
+    """Date, Message-ID and From; the Message-ID is returned, as reading it back would parse it."""
     from_email = str(settings["from_email"])
+    message_id = make_msgid(domain=from_email.rpartition("@")[2])
     _put(message, "Date", format_datetime(datetime.now(UTC)))
-    _put(message, "Message-ID", make_msgid(domain=from_email.rpartition("@")[2]))
+    _put(message, "Message-ID", message_id)
     _put(message, "From", from_value(settings))
+    return message_id
 
 
 def from_value(settings: Mapping[str, Any]) -> str | HeaderAddress:
@@ -244,13 +248,6 @@ def unique(addresses: list[str]) -> list[str]:
     for address in addresses:
         first.setdefault(address.lower(), address)
     return list(first.values())
-
-
-def _outgoing(
-    message: EmailMessage, settings: Mapping[str, Any], recipients: list[str], notification: str | None, *, plain: bool = False
-) -> Outgoing:
-    payload = _flattened_plain(message) if plain else data_payload(message)
-    return outgoing(payload, str(message["Message-ID"]), settings, recipients, notification)
 
 
 def outgoing(
