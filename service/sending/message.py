@@ -178,8 +178,8 @@ def build(request: Mapping[str, Any], settings: Mapping[str, Any]) -> Outgoing:
     for name, value in request["headers"].items():
         _put(message, name, value)
     text, html = request["text"], request["html"]
-    plain = text is not None and html is None and not request["attachments"] and _plain_text(message, text)
-    if text is not None and not plain:
+    plain = _plain_text(message, text) if text is not None and html is None and not request["attachments"] else None
+    if text is not None and plain is None:
         message.set_content(text)
         if html is not None:
             message.add_alternative(html, subtype="html")
@@ -190,7 +190,7 @@ def build(request: Mapping[str, Any], settings: Mapping[str, Any]) -> Outgoing:
         data = base64.b64decode(attachment["content_base64"])
         message.add_attachment(data, maintype=maintype, subtype=subtype, filename=attachment["filename"])
     recipients = unique([*request["to"], *cc, *request["bcc"], *copies[1]])
-    payload = _flattened_plain(message) if plain else data_payload(message)
+    payload = _flattened_plain(message, plain) if plain is not None else data_payload(message)
     return outgoing(payload, message_id, settings, recipients, request["notification"])
 
 
@@ -213,18 +213,19 @@ def from_value(settings: Mapping[str, Any]) -> str | HeaderAddress:
     return formataddr((name, address)) if name else address
 
 
-def _plain_text(message: EmailMessage, text: str) -> bool:
+def _plain_text(message: EmailMessage, text: str) -> str | None:
     """A text/plain body of short ASCII lines (most notifications) as ``set_content`` makes it, without
-    parsing the content headers it would set, which costs more than the rest of the message; False
-    (nothing set) for any other text."""
+    parsing the content headers it would set, which costs more than the rest of the message; the body
+    set, or None (nothing set) for any other text."""
     lines = text.encode("utf-8").splitlines()
     if not text.isascii() or max((len(line) for line in lines), default=0) > message.policy.max_line_length:
-        return False
-    message.set_payload(b"\n".join(lines).decode("ascii") + "\n")
+        return None
+    body = b"\n".join(lines).decode("ascii") + "\n"
+    message.set_payload(body)
     message.set_raw("Content-Type", PLAIN_TEXT)
     message.set_raw("Content-Transfer-Encoding", "7bit")
     message.set_raw("MIME-Version", "1.0")
-    return True
+    return body
 
 
 def _put(message: EmailMessage, name: str, value: str | HeaderAddress) -> None:
@@ -262,10 +263,10 @@ def outgoing(
     return Outgoing(sender, wire, payload, message_id, notification)
 
 
-def _flattened_plain(message: EmailMessage) -> bytes:
+def _flattened_plain(message: EmailMessage, body: str) -> bytes:
     """DATA for a message ``_plain_text`` made: its raw headers folded by the policy as the generator
     folds them, without the generator parsing its Content-Type twice over."""
     policy = email_policy.SMTP
     head = "".join(policy.fold(name, value) for name, value in message.raw_items())
-    body = "\r\n".join(str(message.get_payload()).split("\n"))
-    return dot_stuffed((head + "\r\n" + body).encode("ascii"))
+    # The body as _plain_text set it: reading it back with get_payload would parse Content-Transfer-Encoding.
+    return dot_stuffed((head + "\r\n" + "\r\n".join(body.split("\n"))).encode("ascii"))
