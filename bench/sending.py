@@ -237,8 +237,9 @@ def measure(seconds: int = SECONDS) -> list[Figure]:
         Figure("smtplib, one reused connection: msgs/s", smtp_rate, "-", None, f"p50 {smtp_p50:.2f} ms", fmt="{:.0f}"),
         Figure(f"service POST, {CONNECTIONS} connections: msgs/s", http_rate, "-", None, f"{WORKERS} workers", fmt="{:.0f}"),
         Figure("service POST, one connection: msgs/s", http_one_rate, "-", None, f"p50 {http_p50:.2f} ms", fmt="{:.0f}"),
+        # Not like for like (more connections on one side), so shown beside the goal, never as meeting it.
         Figure(
-            "msgs/s service / smtplib", http_rate / smtp_rate, f">= {GOAL_RATE}", http_rate / smtp_rate >= GOAL_RATE,
+            "msgs/s service / smtplib", http_rate / smtp_rate, "-", None,
             f"{http_rate:.0f} vs {smtp_rate:.0f} ({CONNECTIONS} HTTP connections vs one SMTP connection)",
         ),
         Figure(

@@ -7,7 +7,6 @@ import hashlib
 import json
 import logging
 import time
-from email.message import EmailMessage
 from typing import Any, Callable
 
 import sqlalchemy as sa
@@ -24,8 +23,9 @@ from service.sending.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
-from service.sending.message import Outgoing, build, load_request, rewrite
+from service.sending.message import Outgoing, build, load_request
 from service.sending.pool import Pool, pool_key
+from service.sending.relayed import rewrite
 from service.sending.store import DeliveryLog
 from service.settings import SettingsService
 from service.smtp_check.auth import b64
@@ -139,13 +139,14 @@ class SendingCore:
         tenant: str | None,
         principal: Principal,
         recipients: list[str],
-        message: EmailMessage,
+        content: bytes,
+        smtputf8: bool = False,
         channel: str = "smtp",
     ) -> Delivery:
-        """The SMTP submission side: a parsed client message, rewritten to the settings and relayed."""
+        """The SMTP submission side: a client's message (DATA, CRLF lines), rewritten to the settings and relayed."""
         self._authorise(principal, tenant)
         effective = self.settings.effective(tenant)
-        outgoing = rewrite(message, recipients, effective.document)
+        outgoing = rewrite(content, recipients, effective.document, smtputf8=smtputf8)
         return self._send(outgoing, effective, tenant=tenant, principal=principal, channel=channel, claim=None)
 
     @staticmethod

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from email.headerregistry import Address as HeaderAddress
 from email import policy as email_policy
 from email.message import EmailMessage
-from email.utils import formataddr, format_datetime, getaddresses, make_msgid
+from email.utils import formataddr, format_datetime, make_msgid
 from typing import Any, Mapping
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
@@ -68,7 +68,7 @@ class AttachmentSchema(Schema):
 
 
 @functools.lru_cache(maxsize=4096)
-def _address_problem(value: str) -> tuple[str, ...]:
+def address_problem(value: str) -> tuple[str, ...]:
     """Why ``value`` is not an address (empty: it is one). Kept: senders mail the same addresses over and over."""
     try:
         check_address(value)
@@ -82,7 +82,7 @@ class _Recipient(Address):
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = fields.String._deserialize(self, value, attr, data, **kwargs)
-        problem = _address_problem(text)
+        problem = address_problem(text)
         if problem:
             raise ValidationError(list(problem))
         return text
@@ -163,23 +163,23 @@ def load_request(document: Any) -> dict[str, Any]:
 
 def build(request: Mapping[str, Any], settings: Mapping[str, Any]) -> Outgoing:
     """The message a validated request asks for, with the effective settings' From, Reply-To, envelope and copies."""
-    copies = _copies(settings, request["notification"])
+    copies = copies_for(settings, request["notification"])
     message = EmailMessage(policy=POLICY)
-    _identity(message, settings)
+    message_id = _identity(message, settings)
     reply_to = request["reply_to"] or settings.get("reply_to")
     if reply_to:
         _put(message, "Reply-To", reply_to)
     if request["to"]:
         _put(message, "To", ", ".join(request["to"]))
-    cc = _unique([*request["cc"], *copies[0]])
+    cc = unique([*request["cc"], *copies[0]])
     if cc:
         _put(message, "Cc", ", ".join(cc))
     _put(message, "Subject", request["subject"])
     for name, value in request["headers"].items():
         _put(message, name, value)
     text, html = request["text"], request["html"]
-    plain = text is not None and html is None and not request["attachments"] and _plain_text(message, text)
-    if text is not None and not plain:
+    plain = _plain_text(message, text) if text is not None and html is None and not request["attachments"] else None
+    if text is not None and plain is None:
         message.set_content(text)
         if html is not None:
             message.add_alternative(html, subtype="html")
@@ -189,55 +189,22 @@ def build(request: Mapping[str, Any], settings: Mapping[str, Any]) -> Outgoing:
         maintype, _, subtype = attachment["content_type"].partition("/")
         data = base64.b64decode(attachment["content_base64"])
         message.add_attachment(data, maintype=maintype, subtype=subtype, filename=attachment["filename"])
-    recipients = _unique([*request["to"], *cc, *request["bcc"], *copies[1]])
-    return _outgoing(message, settings, recipients, request["notification"], plain=plain)
+    recipients = unique([*request["to"], *cc, *request["bcc"], *copies[1]])
+    payload = _flattened_plain(message, plain) if plain is not None else data_payload(message)
+    return outgoing(payload, message_id, settings, recipients, request["notification"])
 
 
-def rewrite(message: EmailMessage, recipients: list[str], settings: Mapping[str, Any]) -> Outgoing:
-    """A submitted message made to go out under the settings: From, envelope, copies; Bcc removed."""
-    notification = message.get(NOTIFICATION_HEADER)
-    del message[NOTIFICATION_HEADER]
-    if notification is not None:
-        notification = str(notification).strip()
-        if notification not in NOTIFICATION_TYPES:
-            raise ValidationFailed(
-                f"Unknown notification type {notification!r}.",
-                errors={NOTIFICATION_HEADER: [f"Must be one of: {', '.join(NOTIFICATION_TYPES)}."]},
-            )
-    copies = _copies(settings, notification)
-    del message["Bcc"]
-    original_from = [address for _name, address in getaddresses([str(v) for v in message.get_all("From") or []]) if address]
-    own = str(settings["from_email"]).lower()
-    if original_from != [settings["from_email"]] and [a.lower() for a in original_from] != [own]:
-        del message["From"]
-        del message["Sender"]
-        if original_from and message.get("Reply-To") is None:
-            message["Reply-To"] = ", ".join(original_from)
-        _put(message, "From", _from(settings))
-    if copies[0]:
-        cc = [str(v) for v in message.get_all("Cc") or []]
-        del message["Cc"]
-        message["Cc"] = ", ".join([*cc, *copies[0]])
-    if message.get("Message-ID") is None:
-        message["Message-ID"] = make_msgid(domain=str(settings["from_email"]).rpartition("@")[2])
-    if message.get("Date") is None:
-        message["Date"] = format_datetime(datetime.now(UTC))
-    for address in recipients:
-        try:
-            check_address(address)
-        except ValidationError as exc:
-            raise ValidationFailed(errors={"recipients": {address: exc.messages}}) from None
-    return _outgoing(message, settings, _unique([*recipients, *copies[0], *copies[1]]), notification)
-
-
-def _identity(message: EmailMessage, settings: Mapping[str, Any]) -> None:
+def _identity(message: EmailMessage, settings: Mapping[str, Any]) -> str:
+    """Date, Message-ID and From; the Message-ID is returned, as reading it back would parse it."""
     from_email = str(settings["from_email"])
+    message_id = make_msgid(domain=from_email.rpartition("@")[2])
     _put(message, "Date", format_datetime(datetime.now(UTC)))
-    _put(message, "Message-ID", make_msgid(domain=from_email.rpartition("@")[2]))
-    _put(message, "From", _from(settings))
+    _put(message, "Message-ID", message_id)
+    _put(message, "From", from_value(settings))
+    return message_id
 
 
-def _from(settings: Mapping[str, Any]) -> str | HeaderAddress:
+def from_value(settings: Mapping[str, Any]) -> str | HeaderAddress:
     """``from_name <from_email>``, the name quoted (and encoded when not ASCII) as RFC 5322 wants."""
     name = one_line(settings.get("from_name") or "")
     address = str(settings["from_email"])
@@ -246,18 +213,19 @@ def _from(settings: Mapping[str, Any]) -> str | HeaderAddress:
     return formataddr((name, address)) if name else address
 
 
-def _plain_text(message: EmailMessage, text: str) -> bool:
+def _plain_text(message: EmailMessage, text: str) -> str | None:
     """A text/plain body of short ASCII lines (most notifications) as ``set_content`` makes it, without
-    parsing the content headers it would set, which costs more than the rest of the message; False
-    (nothing set) for any other text."""
+    parsing the content headers it would set, which costs more than the rest of the message; the body
+    set, or None (nothing set) for any other text."""
     lines = text.encode("utf-8").splitlines()
     if not text.isascii() or max((len(line) for line in lines), default=0) > message.policy.max_line_length:
-        return False
-    message.set_payload(b"\n".join(lines).decode("ascii") + "\n")
+        return None
+    body = b"\n".join(lines).decode("ascii") + "\n"
+    message.set_payload(body)
     message.set_raw("Content-Type", PLAIN_TEXT)
     message.set_raw("Content-Transfer-Encoding", "7bit")
     message.set_raw("MIME-Version", "1.0")
-    return True
+    return body
 
 
 def _put(message: EmailMessage, name: str, value: str | HeaderAddress) -> None:
@@ -269,36 +237,36 @@ def _put(message: EmailMessage, name: str, value: str | HeaderAddress) -> None:
         message[name] = value
 
 
-def _copies(settings: Mapping[str, Any], notification: str | None) -> tuple[list[str], list[str]]:
+def copies_for(settings: Mapping[str, Any], notification: str | None) -> tuple[list[str], list[str]]:
     """The settings' Cc and Bcc when ``notification`` is one of the preferred types; else none."""
     if notification is None or notification not in (settings.get("preferred_notifications") or []):
         return [], []
     return list(settings.get("cc") or []), list(settings.get("bcc") or [])
 
 
-def _unique(addresses: list[str]) -> list[str]:
+def unique(addresses: list[str]) -> list[str]:
     first: dict[str, str] = {}
     for address in addresses:
         first.setdefault(address.lower(), address)
     return list(first.values())
 
 
-def _outgoing(
-    message: EmailMessage, settings: Mapping[str, Any], recipients: list[str], notification: str | None, *, plain: bool = False
+def outgoing(
+    payload: bytes, message_id: str, settings: Mapping[str, Any], recipients: list[str], notification: str | None
 ) -> Outgoing:
+    """The DATA bytes with the envelope: the settings' sender and the recipients, domains in A-labels."""
     try:
         sender = wire_address(str(settings.get("envelope_from") or settings["from_email"]), "sender_rejected")
         wire = [wire_address(address, "recipient_rejected") for address in recipients]
     except Failure as failure:
         raise ValidationFailed(failure.message, errors={"to": [failure.message]}) from None
-    payload = _flattened_plain(message) if plain else data_payload(message)
-    return Outgoing(sender, wire, payload, str(message["Message-ID"]), notification)
+    return Outgoing(sender, wire, payload, message_id, notification)
 
 
-def _flattened_plain(message: EmailMessage) -> bytes:
+def _flattened_plain(message: EmailMessage, body: str) -> bytes:
     """DATA for a message ``_plain_text`` made: its raw headers folded by the policy as the generator
     folds them, without the generator parsing its Content-Type twice over."""
     policy = email_policy.SMTP
     head = "".join(policy.fold(name, value) for name, value in message.raw_items())
-    body = "\r\n".join(str(message.get_payload()).split("\n"))
-    return dot_stuffed((head + "\r\n" + body).encode("ascii"))
+    # The body as _plain_text set it: reading it back with get_payload would parse Content-Transfer-Encoding.
+    return dot_stuffed((head + "\r\n" + "\r\n".join(body.split("\n"))).encode("ascii"))

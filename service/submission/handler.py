@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import email
-import email.message
-import email.policy
 import logging
 import time
 from typing import Any
@@ -125,13 +122,9 @@ class Submission:
         try:
             # The token is checked again for every message: one removed or restricted since AUTH stops here.
             principal = auth.sender(self.services.authenticate, identity.token, identity.tenant)
-            message = email.message_from_bytes(
-                envelope.original_content or b"", policy=email.policy.SMTPUTF8 if envelope.smtp_utf8 else email.policy.SMTP
-            )
-            assert isinstance(message, email.message.EmailMessage)
             delivery = self.services.sending.relay(
-                tenant=identity.tenant, principal=principal, recipients=list(envelope.rcpt_tos), message=message,
-                channel="smtp",
+                tenant=identity.tenant, principal=principal, recipients=list(envelope.rcpt_tos),
+                content=envelope.original_content or b"", smtputf8=envelope.smtp_utf8, channel="smtp",
             )
         except auth.Refused as exc:
             return exc.reply.replace("535", "550", 1)

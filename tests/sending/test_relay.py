@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from email import message_from_bytes, policy
-
 import pytest
 
 from service.errors import ValidationFailed
@@ -23,10 +21,6 @@ SUBMITTED = (
 )
 
 
-def _message(raw: bytes = SUBMITTED):
-    return message_from_bytes(raw, policy=policy.SMTP)
-
-
 def _core(sending, server, **settings):
     app, client, tokens = sending(server)
     document = settings_for(server, cc=["audit@example.com"], bcc=["archive@example.com"],
@@ -37,7 +31,7 @@ def _core(sending, server, **settings):
 
 def test_relay_rewrites_from_keeps_the_original_as_reply_to_and_applies_the_notification(sending, plain_smtp_server):
     core, client, tokens = _core(sending, plain_smtp_server)
-    delivery = core.relay(tenant=None, principal=SENDER, recipients=["ada@example.com", "secret@example.com"], message=_message())
+    delivery = core.relay(tenant=None, principal=SENDER, recipients=["ada@example.com", "secret@example.com"], content=SUBMITTED)
 
     received = plain_smtp_server.messages[0]
     assert received.mail_from == "noreply@example.com"
@@ -57,7 +51,7 @@ def test_relay_rewrites_from_keeps_the_original_as_reply_to_and_applies_the_noti
 def test_relay_keeps_a_from_that_is_already_the_settings_and_an_existing_reply_to(sending, plain_smtp_server):
     core, _client, _tokens = _core(sending, plain_smtp_server)
     raw = b"From: noreply@example.com\r\nReply-To: desk@example.com\r\nTo: ada@example.com\r\nSubject: x\r\n\r\nbody\r\n"
-    core.relay(tenant=None, principal=SENDER, recipients=["ada@example.com"], message=_message(raw))
+    core.relay(tenant=None, principal=SENDER, recipients=["ada@example.com"], content=raw)
     message = plain_smtp_server.messages[0].message
     assert message["From"] == "noreply@example.com" and message["Reply-To"] == "desk@example.com"
     assert plain_smtp_server.messages[0].rcpt_tos == ["ada@example.com"]
@@ -67,8 +61,8 @@ def test_relay_refuses_an_unknown_notification_type_and_a_foreign_tenant(sending
     core, _client, _tokens = _core(sending, plain_smtp_server)
     with pytest.raises(ValidationFailed):
         core.relay(tenant=None, principal=SENDER, recipients=["ada@example.com"],
-                   message=_message(SUBMITTED.replace(b"job_alerts", b"nonsense")))
+                   content=SUBMITTED.replace(b"job_alerts", b"nonsense"))
     restricted = Principal("acme-only", frozenset({"sender"}), tenants=("acme",))
     with pytest.raises(TenantNotAllowed):
-        core.relay(tenant="beta", principal=restricted, recipients=["ada@example.com"], message=_message())
+        core.relay(tenant="beta", principal=restricted, recipients=["ada@example.com"], content=SUBMITTED)
     assert plain_smtp_server.messages == []
