@@ -134,9 +134,8 @@ class StoredSettings:
 
 @dataclasses.dataclass(frozen=True)
 class EffectiveView:
-    """An effective document as served: the body, its ETag and its JSON text."""
+    """An effective document as served: its ETag and its JSON text."""
 
-    body: dict[str, Any]
     etag: str
     encoded: bytes
 

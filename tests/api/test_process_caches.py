@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import sys
 import threading
@@ -10,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from service.db import ApiToken
+import service.settings as settings_module
+from service.db import ApiToken, SmtpSettings
 from service.tokens import TOKEN_CACHE_SECONDS, Authenticator, create_token
 from tests.conftest import MASTER_KEY
 
@@ -139,3 +141,23 @@ def test_a_stored_password_is_decrypted_once_and_a_rotated_one_is_served_next(ap
     assert rotated.json["password"] == "acme-2" and rotated.json["password_version"] != first.json["password_version"]
     assert decrypted == ["smtp_settings:tenant:acme:password"]
     assert rotated.json["password_resolved_at"] >= first.json["password_resolved_at"]
+
+
+def test_thousands_of_tenants_polled_in_turn_are_merged_once_each(app, client, tokens, system_settings, monkeypatch):
+    """Senders of many tenants polling at random are answered from the documents kept, as one tenant is."""
+    client.put("/v1/smtp", json=system_settings, headers=tokens.headers("admin"))
+    now = dt.datetime.now(dt.UTC)
+    with app.extensions["smtpconf"].db.transaction() as session:
+        session.execute(sa.insert(SmtpSettings), [
+            {"scope": f"tenant:t-{i}", "document": {"from_name": f"Tenant {i}"}, "version": 1, "updated_at": now,
+             "updated_by": "test"}
+            for i in range(3000)
+        ])
+    merges = []
+    real_merge = settings_module.merge
+    monkeypatch.setattr(settings_module, "merge", lambda *args: merges.append(args[2]) or real_merge(*args))
+    reader = tokens.headers("reader")
+    for _round in range(2):
+        for i in range(3000):
+            assert client.get(f"/v1/tenants/t-{i}/smtp/effective", headers=reader).json["from_name"] == f"Tenant {i}"
+    assert len(merges) == 3000 and len(set(merges)) == 3000
