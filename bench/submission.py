@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import multiprocessing
+import os
 import smtplib
 import ssl
 import statistics
@@ -17,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import trustme
 
-from bench.harness import Figure, print_table, smtp_server_process
+from bench.harness import Figure, cpu_seconds, print_table, smtp_server_process
 from tests.fixtures.smtp_servers import PASSWORD, USERNAME
 from tests.submission.harness import LOOPBACK, Raw, SubmissionProcess, submission_env, write_certificate
 
@@ -48,6 +50,8 @@ class Run:
     seconds: float
     p50_ms: float
     p99_ms: float
+    #: CPU milliseconds per message of each process taking part: the clients, the mail server, the submission server.
+    cpu_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -113,12 +117,21 @@ def measure(clients: int = 8, messages: int = 150) -> list[Figure]:
                 smtp.login("*", tokens[index])
                 return smtp
 
+            processes = {"clients": os.getpid(), "mail server": multiprocessing.active_children()[0].pid,
+                         "submission": server.process.pid}
+
+            def counted(connect: Callable[[int], smtplib.SMTP]) -> Run:
+                before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+                run = clients_run(connect, clients, messages)
+                used = {name: (cpu_seconds(pid) - before[name]) * 1000 / run.messages for name, pid in processes.items()}
+                return replace(run, cpu_ms=used)
+
             clients_run(through, clients, 5)  # warm-up: settings, the credential, pooled upstream sessions
             clients_run(direct, clients, 5)
             runs: dict[str, list[Run]] = {"direct": [], "through": []}
             for _ in range(2):  # alternated, so that drift on a busy machine weighs on both alike
-                runs["direct"].append(clients_run(direct, clients, messages))
-                runs["through"].append(clients_run(through, clients, messages))
+                runs["direct"].append(counted(direct))
+                runs["through"].append(counted(through))
             best = {name: max(taken, key=lambda run: run.rate) for name, taken in runs.items()}
             held, loaded = _with_open_connections(server.port, clients, lambda: clients_run(through, clients, messages))
         finally:
@@ -126,6 +139,13 @@ def measure(clients: int = 8, messages: int = 150) -> list[Figure]:
     direct_run, through_run = best["direct"], best["through"]
     rate_ratio = through_run.rate / direct_run.rate
     latency_ratio = through_run.p50_ms / direct_run.p50_ms
+    cores = os.cpu_count() or 1
+    through_cpu = sum(through_run.cpu_ms.values())
+    ceiling = cores * 1000 / through_cpu / direct_run.rate
+
+    def shares(run: Run) -> str:
+        return ", ".join(f"{name} {ms:.2f}" for name, ms in run.cpu_ms.items())
+
     return [
         Figure("submission: msgs/s relayed ÷ direct", rate_ratio, f">= {RATE_GOAL}", rate_ratio >= RATE_GOAL,
                f"{through_run.rate:.0f} msgs/s through the server vs {direct_run.rate:.0f} direct "
@@ -139,6 +159,9 @@ def measure(clients: int = 8, messages: int = 150) -> list[Figure]:
                f"{held} idle connections (EHLO done) + {clients} sending held at once: {loaded.rate:.0f} msgs/s, "
                f"p50 {loaded.p50_ms:.2f} ms (without: {through_run.rate:.0f} msgs/s, p50 {through_run.p50_ms:.2f} ms); "
                "every idle one still answers NOOP after"),
+        Figure("submission: CPU ms per message, relayed (all processes)", through_cpu, "-", None,
+               f"relayed: {shares(through_run)}; direct: {shares(direct_run)}. With every one of the {cores} cores "
+               f"busy, relaying could reach at most {ceiling:.2f}x the direct rate"),
     ]
 
 
