@@ -13,6 +13,10 @@ log = logging.getLogger("smtpconf.submission")
 MAX_BACKOFF_SECONDS = 30.0
 #: How long a stopping submission server has to finish the messages it is relaying.
 STOP_SECONDS = 35.0
+#: A child that exited cleanly was asked to stop (SIGTERM or SIGINT): most often the whole instance is stopping
+#: (a terminal's Ctrl-C, a service manager signalling the process group), so it is started again only if the
+#: instance is still running after this long, longer than the HTTP workers' graceful stop.
+CLEAN_EXIT_PAUSE_SECONDS = 15.0
 
 
 class Beside:
@@ -25,6 +29,9 @@ class Beside:
     """
 
     def __init__(self) -> None:
+        #: The HTTP workers are forked from this process and unwind through the same ``finally``; only the
+        #: process that started the child may stop it.
+        self._owner = os.getpid()
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._child: subprocess.Popen[bytes] | None = None
@@ -50,12 +57,17 @@ class Beside:
             _forget_metrics(child.pid)
             if self._stopping.is_set():
                 return
+            if code == 0 and self._stopping.wait(CLEAN_EXIT_PAUSE_SECONDS):
+                return
             log.error("submission server exited; starting it again", extra={"exit_code": code, "in_seconds": backoff})
-            self._stopping.wait(backoff)
+            if self._stopping.wait(backoff):
+                return
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
     def stop(self) -> None:
-        """Stop the child (SIGTERM: it drains the messages in flight) and wait for it."""
+        """Stop the child (SIGTERM: it drains the messages in flight) and wait for it; nothing in a forked worker."""
+        if os.getpid() != self._owner:
+            return
         with self._lock:
             self._stopping.set()
             child = self._child

@@ -152,3 +152,26 @@ def test_the_submission_server_does_not_outlive_serve(served, signum):
     os.kill(service.process.pid, signum)
     wait_until(lambda: gone(child), 40)
     wait_until(lambda: not listening(port), 10)
+
+
+@pytest.mark.parametrize("whole_group", [False, True], ids=["serve-signalled", "process-group-signalled"])
+def test_serve_stops_promptly_and_does_not_start_the_submission_server_again_on_the_way_out(served, whole_group):
+    # SIGTERM to serve alone (a service manager's main-process kill), or to its whole process group (a
+    # terminal's Ctrl-C, a control-group kill). The HTTP workers are forked from serve: one must not stop the
+    # submission server and then wait for a process that is not its child, held until gunicorn kills it at the
+    # 10 s graceful limit; and a submission server that stopped on the same signal is not started again.
+    service, port = served
+    assert listening(port)
+    child = submission_child(service.process.pid)
+    began = time.monotonic()
+    if whole_group:
+        os.killpg(service.process.pid, signal.SIGTERM)
+    else:
+        os.kill(service.process.pid, signal.SIGTERM)
+    service.process.wait(timeout=40)
+    took = time.monotonic() - began
+    log = service.log_path.read_text(errors="replace")
+    assert "starting it again" not in log
+    assert log.count('"submission server stopping"') == 1
+    assert gone(child)
+    assert took < 8, f"serve took {took:.1f} s to stop: a worker was held to the graceful limit"
