@@ -15,6 +15,11 @@ from service.front.pool import Answer, Job
 from service.front.request import MAX_HEAD_BYTES, Request, build_environ
 from service.front.shared import Front
 
+#: How long a closing TLS connection waits for the client's close_notify before the socket is closed anyway.
+#: A client idle in its keep-alive pool does not read, so asyncio's default (30 s) held every such connection,
+#: its slot, and a stopping worker (until the master's graceful limit) that long.
+TLS_SHUTDOWN_SECONDS = 2.0
+
 
 class Connection(asyncio.Protocol):
     """HTTP/1.1 on one connection, requests answered in order; every wait on the client is bounded."""
@@ -77,7 +82,8 @@ class Connection(asyncio.Protocol):
         """TLS with the context picked for this connection (a renewed certificate from the next handshake on)."""
         try:
             secure = await self.front.loop.start_tls(
-                transport, self, context, server_side=True, ssl_handshake_timeout=self.front.limits.header_timeout
+                transport, self, context, server_side=True, ssl_handshake_timeout=self.front.limits.header_timeout,
+                ssl_shutdown_timeout=TLS_SHUTDOWN_SECONDS,
             )
         except Exception:  # not TLS, a refused or timed-out handshake, or aborted at the deadline: all the same end
             secure = None

@@ -167,3 +167,19 @@ def test_failed_and_stalled_handshakes_are_closed_and_do_not_hold_connection_slo
         finally:
             for sock in plain + silent:
                 sock.close()
+
+
+def test_a_stopping_service_does_not_wait_on_an_idle_tls_client_that_never_reads(tls_service):
+    # A keep-alive client idle in its pool reads nothing, so it never answers the server's close_notify. The
+    # worker's drain must not hold on it until the master's graceful limit (10 s) kills the worker.
+    server, ca_file = tls_service["server"], tls_service["ca_file"]
+    context = ssl.create_default_context(cafile=ca_file)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as client:
+            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert client.recv(65536).startswith(b"HTTP/1.1 200")
+            began = time.monotonic()
+            os.killpg(server.process.pid, signal.SIGTERM)
+            server.process.wait(timeout=40)
+            took = time.monotonic() - began
+    assert took < 8, f"the service took {took:.1f} s to stop: a worker was held to the graceful limit"
