@@ -261,10 +261,20 @@ class Propagator:
         except Exception as exc:
             if conn is not None:
                 raise
-            log.warning("safety poll of the database generations failed", extra={"error": type(exc).__name__})
+            if _not_migrated_yet(exc):
+                # An app opened on a database before its migrations ran (the CLI migrates, then serves): the
+                # next poll after the upgrade reads the table. Nothing has failed.
+                log.debug("safety poll: the database is not migrated yet")
+            else:
+                log.warning("safety poll of the database generations failed", extra={"error": type(exc).__name__})
             return
         self.polls += 1
         if self.board.reconcile(generations):
             log.info("safety poll found changes announced by no other way")
 
 
+def _not_migrated_yet(exc: Exception) -> bool:
+    """The generations table does not exist (SQLite's "no such table", PostgreSQL's "relation ... does not
+    exist"): the driver's own message, not the statement SQLAlchemy quotes beside it."""
+    message = str(getattr(exc, "orig", "")).lower()
+    return "service_state" in message and ("no such table" in message or "does not exist" in message)

@@ -12,10 +12,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
+from service.app import create_app
 from service.board import Board, connection_slot, secret_slot
 from service.propagation import Change
 from tests.api.test_internal_secrets import effective_password, use_internal, write_secret
-from tests.conftest import Tokens
+from tests.conftest import MASTER_KEY, Tokens
 
 WAIT = 10.0
 ON_SQLITE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -292,3 +293,29 @@ def test_a_terminated_listener_reconnects_and_propagation_goes_on(make_app, data
     wait_for(propagator.listening.is_set, "the listener to come back")
     write_secret(a, tokens, "smtp/relay", "after")
     wait_for(lambda: effective_password(b, tokens).json["password"] == "after", "the rotation", timeout=2)
+
+
+def test_the_safety_poll_of_a_database_not_migrated_yet_warns_of_nothing_but_a_real_failure_still_warns(
+    tmp_path, caplog
+):
+    app = create_app({"database_url": f"sqlite:///{tmp_path / 'fresh.db'}", "master_key": MASTER_KEY})
+    services = app.extensions["smtpconf"]
+    try:
+        caplog.set_level("DEBUG", logger="smtpconf.propagation")
+        caplog.clear()
+        services.propagator._safety_poll(None)  # the table does not exist yet: the CLI migrates before serving
+        assert not [r for r in caplog.records if r.levelname == "WARNING"]
+        assert "not migrated yet" in caplog.text
+        services.db.upgrade()
+        polls = services.propagator.polls
+        services.propagator._safety_poll(None)
+        assert services.propagator.polls == polls + 1
+        with services.db.transaction() as session:  # a broken table is a failure, and still said so
+            session.execute(sa.text("ALTER TABLE service_state RENAME COLUMN value TO other"))
+        caplog.clear()
+        services.propagator._safety_poll(None)
+        assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+            "safety poll of the database generations failed"
+        ]
+    finally:
+        services.close()
