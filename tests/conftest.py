@@ -25,11 +25,15 @@ MASTER_KEY = base64.b64encode(b"k" * 32).decode()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    """Each API test runs on the embedded default and on PostgreSQL."""
+def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """Each API test runs on the embedded default and on PostgreSQL (a database of its own, dropped after)."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'smtpconf.db'}"
-    return request.getfixturevalue("postgres").create()
+        yield f"sqlite:///{tmp_path / 'smtpconf.db'}"
+        return
+    databases = request.getfixturevalue("postgres")
+    url = databases.create()
+    yield url
+    databases.drop(url)
 
 
 @pytest.fixture

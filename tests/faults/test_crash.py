@@ -9,7 +9,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import requests
@@ -145,10 +145,14 @@ def _assert_history_explains(puts: list[Put], audited: list[dict[str, Any]]) -> 
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def server_database(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+def server_database(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'smtpconf.db'}"
-    return request.getfixturevalue("postgres").create()
+        yield f"sqlite:///{tmp_path / 'smtpconf.db'}"
+        return
+    databases = request.getfixturevalue("postgres")
+    url = databases.create()
+    yield url
+    databases.drop(url)
 
 
 def test_killed_worker_loses_no_acknowledged_write_and_audits_exactly_what_was_stored(server_database, tmp_path):
