@@ -60,8 +60,7 @@ class Beside:
             if code == 0 and self._stopping.wait(CLEAN_EXIT_PAUSE_SECONDS):
                 return
             log.error("submission server exited; starting it again", extra={"exit_code": code, "in_seconds": backoff})
-            if self._stopping.wait(backoff):
-                return
+            self._stopping.wait(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
     def stop(self) -> None:

@@ -9,9 +9,8 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from typing import Any, Iterator
+from typing import Any
 
-import pytest
 import requests
 
 from tests.conftest import MASTER_KEY
@@ -144,19 +143,8 @@ def _assert_history_explains(puts: list[Put], audited: list[dict[str, Any]]) -> 
     return final
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def server_database(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'smtpconf.db'}"
-        return
-    databases = request.getfixturevalue("postgres")
-    url = databases.create()
-    yield url
-    databases.drop(url)
-
-
-def test_killed_worker_loses_no_acknowledged_write_and_audits_exactly_what_was_stored(server_database, tmp_path):
-    env = service_env(server_database, MASTER_KEY)
+def test_killed_worker_loses_no_acknowledged_write_and_audits_exactly_what_was_stored(database_url, tmp_path):
+    env = service_env(database_url, MASTER_KEY)
     with RunningService(env, workers=2, log_path=tmp_path / "server.log") as server:
         admin = {"Authorization": f"Bearer {server.token('crash-admin', 'admin')}"}
         security = {"Authorization": f"Bearer {server.token('crash-security', 'security')}"}
@@ -196,7 +184,7 @@ def test_killed_worker_loses_no_acknowledged_write_and_audits_exactly_what_was_s
         assert set(by_request) <= set(sent), "no audit event for a request nobody sent"
         cut_off = [put for put in load.puts if put.status is None]
         print(
-            f"\n{server_database.split(':')[0]}: {len(load.puts)} PUTs, {len(cut_off)} cut off by the kill, "
+            f"\n{database_url.split(':')[0]}: {len(load.puts)} PUTs, {len(cut_off)} cut off by the kill, "
             f"{sum(put.request_id in by_request for put in cut_off)} of those stored"
         )
 
@@ -216,8 +204,8 @@ def test_killed_worker_loses_no_acknowledged_write_and_audits_exactly_what_was_s
         assert system["password"] == f"pw-{sent[final_system].seq}"
 
 
-def test_sigterm_under_writes_drains_in_flight_requests_and_loses_no_acknowledged_write(server_database, tmp_path):
-    env = service_env(server_database, MASTER_KEY)
+def test_sigterm_under_writes_drains_in_flight_requests_and_loses_no_acknowledged_write(database_url, tmp_path):
+    env = service_env(database_url, MASTER_KEY)
     with RunningService(env, workers=2, log_path=tmp_path / "server.log") as server:
         admin = {"Authorization": f"Bearer {server.token('term-admin', 'admin')}"}
         security = {"Authorization": f"Bearer {server.token('term-security', 'security')}"}
